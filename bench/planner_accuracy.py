@@ -27,6 +27,7 @@ from grace_hpc.planner import GPU, get_gpu  # noqa: E402
 from grace_hpc.planner.fit import Candidate, Settings, fit_vllm, vllm_batch_defaults  # noqa: E402
 from grace_hpc.planner.plans import Plan  # noqa: E402
 from grace_hpc.planner.precision import resolve_dtype  # noqa: E402
+from grace_hpc.vllm_version import VllmVersion  # noqa: E402
 
 DATA = ROOT / "bench" / "data" / "vllm_startup_logs.yaml"
 
@@ -48,13 +49,16 @@ def _size_logged(spec: ModelSpec, gpu: GPU, row: dict[str, Any]) -> Plan:
     no offload), so a row that did not start is still sized and its (negative) KV memory compared."""
     native = spec.native_quantization.value if spec.native_quantization else None
     method = row.get("quantization") or native
-    cand = Candidate("vllm", method, spec.hf_id, bits=_BITS.get(method or "", 16), group_size=row.get("group_size"))
+    cand = Candidate("vllm", method, spec.hf_id, bits=_BITS.get(method or "", 16), group_size=row.get("group_size"),
+                     mxfp4_backend=row.get("mxfp4_backend"))
     dtype, _ = resolve_dtype(spec, gpu, row.get("dtype"))
-    tokens, seqs = vllm_batch_defaults(gpu)
+    version = VllmVersion.covering(row["vllm_version"])
+    tokens, seqs = vllm_batch_defaults(gpu, version)
     settings = Settings(
-        dtype=dtype, kv_cache_dtype="auto", kv_elem_bytes=None, utilization=row["gpu_memory_utilization"],
+        dtype=dtype, kv_cache_dtype="auto", kv_elem_bytes=None, utilization=row["gpu_memory_utilization"], utilization_pinned=True,
         max_num_seqs=row.get("max_num_seqs") or seqs, max_num_batched_tokens=row.get("max_num_batched_tokens") or tokens,
         min_len=row["max_model_len"], target_len=row["max_model_len"], min_concurrency=1, cpu_offload_gb=0,
+        version=version,
     )
     return fit_vllm(spec, gpu, cand, row["tensor_parallel_size"], settings)
 

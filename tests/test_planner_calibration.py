@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import statistics
+from dataclasses import replace
 
 import yaml
 
 from bench.planner_accuracy import DATA, evaluate
 from grace_hpc.config.loader import PROJECT_ROOT, ConfigDir
 from grace_hpc.planner import PlanRequest, get_gpu, plan_model
+from grace_hpc.vllm_version import VllmVersion
 
 CATALOG = ConfigDir(PROJECT_ROOT / "configs").catalog()
 RESULTS = evaluate(yaml.safe_load(DATA.read_text(encoding="utf-8")), CATALOG)
@@ -34,11 +36,12 @@ def test_every_fits_verdict_matches_the_log() -> None:
     assert judged and all(pred == real for _, (pred, real) in judged), judged
 
 
-def test_gpt_oss_120b_fits_one_h100_only_with_fewer_sequences() -> None:
-    # vLLM's H100 default (1024 sequences) does not start gpt-oss-120b at full context (vllm#23278); the planner
-    # drops to 256 sequences and a context the KV cache can hold
-    plan = plan_model(CATALOG.get("gpt-oss-120b"), get_gpu("H100-80GB"), 1)
+def test_gpt_oss_120b_fits_one_h100_on_0_11_only_with_fewer_sequences() -> None:
+    # vLLM 0.11's H100 default (1024 sequences, PyTorch-sort sampler) does not start gpt-oss-120b at full context
+    # (vllm#23278, #27508); the planner drops to 256 sequences and a context the KV cache can hold
+    v11 = PlanRequest(vllm_version=VllmVersion.V0_11)
+    plan = plan_model(CATALOG.get("gpt-oss-120b"), get_gpu("H100-80GB"), 1, v11)
     assert plan.fits and plan.max_num_seqs == 256 and plan.max_model_len < 131072 and plan.cpu_offload_gb == 0
     full = plan_model(CATALOG.get("gpt-oss-120b"), get_gpu("H100-80GB"), 1,
-                      PlanRequest(max_model_len=131072, max_num_seqs=1024, cpu_offload_gb=0))
+                      replace(v11, max_model_len=131072, max_num_seqs=1024, cpu_offload_gb=0))
     assert not full.fits

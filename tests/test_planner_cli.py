@@ -39,7 +39,7 @@ def test_impossible_pin_is_one_line_on_stderr_and_exit_1() -> None:
 
 def test_unknown_gpu_names_the_valid_ones() -> None:
     proc = grace(PROJECT_ROOT, "plan", "--model", "llama-3.1-8b-instruct", "--gpu", "V100")
-    assert proc.returncode == 1 and "valid GPUs: H100-80GB" in proc.stderr
+    assert proc.returncode == 1 and "valid GPUs: B200, H200" in proc.stderr
 
 
 def test_plan_deployment_prints_one_row_per_server(tmp_path: Path) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from grace_hpc.config.catalog import MLA, Architecture, MoE
+from grace_hpc.errors import PlanError
 from grace_hpc.planner import memory as mem
+from grace_hpc.vllm_version import VllmVersion
 
 GIB = 1024**3
 
@@ -29,6 +31,14 @@ DEEPSEEK_V2_LITE = Architecture(
     moe=MoE(num_experts=64, experts_per_token=6, expert_intermediate_size=1408, num_shared_experts=2,
             first_dense_layers=1),
     mla=MLA(kv_lora_rank=512, qk_rope_head_dim=64, qk_nope_head_dim=128, v_head_dim=128),
+)
+
+# openai/gpt-oss-20b config.json (24 layers, 32 experts of 2880, top-4, window 128 on every other layer)
+GPT_OSS_20B = Architecture(
+    model_type="gpt_oss", num_hidden_layers=24, hidden_size=2880, intermediate_size=2880, num_attention_heads=64,
+    num_key_value_heads=8, head_dim=64, vocab_size=201088, max_position_embeddings=131072,
+    tie_word_embeddings=False, torch_dtype="bfloat16", attention_bias=True, sliding_window=128,
+    sliding_window_pattern=2, moe=MoE(num_experts=32, experts_per_token=4, expert_intermediate_size=2880),
 )
 
 
@@ -84,10 +94,10 @@ def test_moe_weights_count_every_expert_not_only_the_active_ones() -> None:
 
 def test_sliding_window_layers_need_only_their_window_per_request() -> None:
     per_layer_token = 2 * 8 * 256 * 2  # bytes
-    # 8192 tokens: 21 global layers x 512 blocks + 21 sliding layers x (4096/16 + 1) blocks, 16 tokens per block
-    expected = per_layer_token * 16 * (21 * 512 + 21 * 257)
-    assert mem.kv_bytes_per_request(GEMMA2_9B, 1, 2, 8192) == expected
-    full = mem.kv_bytes_per_token(GEMMA2_9B, 1, 2) * 8192
+    # 16384 tokens, 2048 batched: 21 global layers x 1024 blocks + 21 sliding layers x (cdiv(4095 + 2048, 16) + 1)
+    expected = per_layer_token * 16 * (21 * 1024 + 21 * 385)
+    assert mem.kv_bytes_per_request(GEMMA2_9B, 1, 2, 16384, 2048, VllmVersion.V0_19) == expected
+    full = mem.kv_bytes_per_token(GEMMA2_9B, 1, 2) * 16384
     assert expected < full
 
 
@@ -109,22 +119,39 @@ def test_fp8_quantizes_linear_layers_only() -> None:
     assert (fmt.attention, fmt.mlp, fmt.embed, fmt.other) == (1, 1, 2, 2)
 
 
-def test_mxfp4_expert_width_is_padded_to_256() -> None:
-    fmt = mem.weight_format("mxfp4", 2, expert_width=2880)
-    assert fmt.experts == pytest.approx((0.5 + 1 / 32) * 3072 / 2880)
-    assert fmt.attention == 2
+def test_mxfp4_experts_are_padded_per_backend_after_the_tp_split() -> None:
+    # issue 12 #7 (held-out: gpt-oss on A100s was underestimated by 1-2 GiB per GPU): Marlin pads the hidden size
+    # to 256 and each rank's width to 128; Triton (Hopper) each rank's width to 64
+    arch = GPT_OSS_20B
+    assert mem.mxfp4_expert_padding(arch, 1, "marlin") == pytest.approx(3072 * 2944 / (2880 * 2880))
+    assert mem.mxfp4_expert_padding(arch, 2, "marlin") == pytest.approx(3072 * 1536 / (2880 * 1440))
+    assert mem.mxfp4_expert_padding(arch, 2, "triton") == pytest.approx(3072 * 1472 / (2880 * 1440))
+    assert mem.mxfp4_backend(80, VllmVersion.V0_19) == "marlin" and mem.mxfp4_backend(90, VllmVersion.V0_19) == "triton"
+    assert mem.mxfp4_backend(90, VllmVersion.V0_11) == "marlin"  # no triton_kernels in a plain 0.11 install
+    fmt = mem.weight_format("mxfp4", 2, expert_padding=1.1)
+    assert fmt.experts == pytest.approx((0.5 + 1 / 32) * 1.1) and fmt.attention == 2
 
 
 def test_gguf_bits_per_weight_follow_the_block_layouts() -> None:
     assert mem.gguf_bits_per_weight("q4_0") == 4.5  # 18 bytes per 32 weights
     assert mem.gguf_bits_per_weight("Q8_0") == 8.5  # 34 bytes per 32 weights
-    with pytest.raises(ValueError, match="unknown GGUF type"):
+    with pytest.raises(PlanError, match="unknown GGUF type 'Q9_X'.*set the variant's gguf_type"):
         mem.gguf_bits_per_weight("Q9_X")
 
 
+@pytest.mark.parametrize(("gguf_type", "bpw"), [
+    ("Q4_K", 4.5),  # block_q4_K: 2 fp16 + 12 scale bytes + 128 nibble bytes = 144 bytes / 256 weights
+    ("IQ3_XXS", 3.0625),  # block_iq3_xxs: fp16 d + 96 bytes = 98 / 256
+    ("Q5_K_S", 5.54), ("Q3_K_L", 4.27),  # mixes: llama.cpp's quantize averages
+])
+def test_gguf_types_the_file_name_pattern_accepts_have_bits(gguf_type: str, bpw: float) -> None:
+    # issue 13: these raised a bare ValueError
+    assert mem.gguf_bits_per_weight(gguf_type) == bpw
+
+
 def test_activation_peak_grows_with_batched_tokens() -> None:
-    small = mem.activation_bytes(LLAMA_8B, 1, 2, 2048, 1)
-    large = mem.activation_bytes(LLAMA_8B, 1, 2, 8192, 1)
+    small = mem.activation_bytes(LLAMA_8B, 1, 2, 2048, 1, VllmVersion.V0_19)
+    large = mem.activation_bytes(LLAMA_8B, 1, 2, 8192, 1, VllmVersion.V0_19)
     assert large > small
     # forward at 8192 tokens: 3 hidden-size tensors 3 x 8192 x 4096 x 2 + MLP 3 x 8192 x 14336 x 2 bytes, plus the base
     forward = 3 * 8192 * 4096 * 2 + 3 * 8192 * 14336 * 2

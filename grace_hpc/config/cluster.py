@@ -5,9 +5,11 @@ from __future__ import annotations
 from enum import Enum
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from grace_hpc.config.catalog import Frozen, reject_duplicates
+from grace_hpc.errors import PlanError
+from grace_hpc.vllm_version import DEFAULT_VLLM_VERSION, VllmVersion
 
 
 class LockMode(str, Enum):
@@ -55,8 +57,22 @@ class EngineCommands(Frozen):
     # extra environment for every engine, e.g. HF_HUB_OFFLINE, VLLM_CACHE_ROOT, TMPDIR (not VLLM_CPU_KVCACHE_SPACE:
     # it would override the KV cache size the planner renders for vLLM on CPU)
     env: dict[str, str] = {}
+    # the vLLM release series the jobs run (0.11, 0.19, 0.33; "0.19.1" works too): the planner's rules and memory
+    # model follow it (grace_hpc/vllm_version.py); the default is the newest supported
+    vllm_version: VllmVersion = DEFAULT_VLLM_VERSION
     llamacpp_prefix: tuple[str, ...] = ()
     setup: tuple[str, ...] = ()  # shell lines run in the sbatch script before the server (module load ...)
+
+    @field_validator("vllm_version", mode="before")
+    @classmethod
+    def _series(cls, value: object) -> object:
+        """A full release ("0.19.1", "v0.11.2") names its series."""
+        if isinstance(value, str):
+            try:
+                return VllmVersion.parse(value)
+            except PlanError as exc:
+                raise ValueError(str(exc)) from None
+        return value
 
 
 class Cluster(Frozen):

@@ -1,8 +1,11 @@
 """The choice: for a model and a GPU, walk configurations from best quality to most compressed and take the first
 that fits with the context and concurrency asked for.
 
-Ladder: native dtype -> FP8 (vLLM quantizes at load) -> 8-bit checkpoint -> 4-bit checkpoint -> GGUF in
-llama.cpp -> CPU offload; at each rung the smallest tensor-parallel size first.
+Ladder: native dtype -> FP8 (vLLM quantizes at load) -> 8-bit checkpoint -> 4-bit checkpoint -> bitsandbytes
+4-bit in flight -> GGUF in llama.cpp -> an fp8 KV cache; at each rung the smallest tensor-parallel size first.
+CPU offload only when pinned (`--cpu-offload-gb`) or allowed (`allow_cpu_offload`): it streams weights over PCIe
+on every step, pins host memory against the job's --mem, and vLLM 0.11/0.19 refuse it for sliding-window hybrids.
+Every rule that depends on the vLLM release reads `request.vllm_version` (grace_hpc/vllm_version.py).
 """
 
 from __future__ import annotations
@@ -12,16 +15,20 @@ from dataclasses import replace
 
 from grace_hpc.config.catalog import ModelSpec, QuantizedVariant
 from grace_hpc.errors import PlanError
+from grace_hpc.planner import memory as mem
 from grace_hpc.planner.fit import Candidate, Settings, fit_llamacpp, fit_vllm, fit_vllm_cpu
-from grace_hpc.planner.gpus import GPU
+from grace_hpc.planner.gpus import GPU, GPUS
 from grace_hpc.planner.plans import Plan, PlanRequest
 from grace_hpc.planner.precision import (
     attention_notes,
+    attention_problem,
     check_kv_cache_dtype,
     check_quantization,
+    kv_cache_dtype_problem,
     normalize_dtype,
     resolve_dtype,
 )
+from grace_hpc.vllm_version import VllmVersion
 
 __all__ = ["plan_model", "tp_sizes", "is_gguf_weights", "DEFAULT_MIN_CONTEXT", "DEFAULT_UTILIZATION"]
 
@@ -38,6 +45,17 @@ def is_gguf_weights(weights: str | None) -> bool:
 def _gguf_type(name: str) -> str:
     match = _GGUF_TYPE.search(name.rsplit("/", 1)[-1])
     return match.group(1).upper() if match else "F16"  # unknown: assume the largest common type
+
+
+def offload_problem(spec: ModelSpec, version: VllmVersion) -> str | None:
+    """Why `--cpu-offload-gb` cannot start `spec` under `version`: sliding-window hybrids have several KV-cache
+    groups, and 0.11/0.19 assert cpu_offload_gb == 0 for those (VllmVersion.hybrid_kv_refuses_cpu_offload)."""
+    full, sliding = mem.layer_kinds(spec.architecture)
+    if full and sliding and version.hybrid_kv_refuses_cpu_offload:
+        return (f"vLLM {version.value} refuses --cpu-offload-gb for {spec.name}: its sliding-window and full "
+                "attention layers make several KV-cache groups (gpu_model_runner.py: \"Cannot re-initialize the "
+                "input batch when CPU weight offloading is enabled\")")
+    return None
 
 
 def tp_sizes(spec: ModelSpec, gpus_available: int, group_size: int | None = None) -> list[int]:
@@ -84,14 +102,21 @@ def _candidates(spec: ModelSpec, gpu: GPU, request: PlanRequest) -> list[Candida
         if v.method.value == "gguf":
             continue
         base.append(Candidate("vllm", v.method.value, _variant_ref(v), bits=v.bits, group_size=v.group_size))
+    if native is None and not is_gguf_weights(spec.weights) and request.vllm_version.has_bitsandbytes:
+        # bitsandbytes NF4 in flight on the 16-bit checkpoint (bitsandbytes_loader.py quantize_4bit with
+        # compress_statistics=True: double-quantized absmax): needs no published variant, splits under TP
+        base.append(Candidate("vllm", "bitsandbytes", ref, online=True, bits=4))
     for v in variants:
         if v.method.value == "gguf":
             gguf_type = v.gguf_type or _gguf_type(v.file or "")
             base.append(Candidate("llama.cpp", "gguf", _variant_ref(v), gguf_type=gguf_type))
-    # last resort: the published checkpoint with weights in host RAM, then GGUF with layers on the CPU
-    offload = [c for c in base if c.engine == "vllm" and c.quantization == native and not c.online]
-    offload += [c for c in base if c.engine == "llama.cpp"]
-    cands = base + [replace(c, offload=True) for c in offload]
+    cands = base
+    if request.allow_cpu_offload:
+        # last resort, only when allowed: the published checkpoint with weights in host RAM, then GGUF with
+        # layers on the CPU
+        offload = [c for c in base if c.engine == "vllm" and c.quantization == native and not c.online]
+        offload += [c for c in base if c.engine == "llama.cpp"]
+        cands = base + [replace(c, offload=True) for c in offload]
 
     if gpu.is_cpu and request.engine == "vllm":
         # vLLM's CPU backend runs the checkpoint as published (the GPU quantization kernels do not exist there)
@@ -109,10 +134,11 @@ def _candidates(spec: ModelSpec, gpu: GPU, request: PlanRequest) -> list[Candida
         else:
             cands = [c for c in cands if c.quantization == q or (q == "gguf" and c.engine == "llama.cpp")]
         if not cands:
-            known = ", ".join(sorted({c.label for c in _candidates(spec, gpu, PlanRequest())})) or "none"
+            unpinned = PlanRequest(vllm_version=request.vllm_version)
+            known = ", ".join(sorted({c.label for c in _candidates(spec, gpu, unpinned)})) or "none"
             raise PlanError(f"no {q!r} weights for {spec.name} on {gpu.name}; available here: {known}")
-    if request.cpu_offload_gb is not None:
-        cands = [c for c in cands if c.offload]
+    if request.cpu_offload_gb:
+        cands = [c for c in cands if c.engine == "vllm"]  # --cpu-offload-gb is a vLLM flag
     return cands
 
 
@@ -124,13 +150,15 @@ def _settings(spec: ModelSpec, gpu: GPU, request: PlanRequest, dtype: str) -> Se
             f"--max-model-len {request.max_model_len} exceeds {spec.name}'s max_position_embeddings "
             f"({arch.max_position_embeddings}); vLLM refuses it"
         )
-    kv_bytes, _ = check_kv_cache_dtype(request.kv_cache_dtype, gpu)
+    kv_bytes, _ = check_kv_cache_dtype(request.kv_cache_dtype, gpu, request.vllm_version)
     return Settings(
         dtype=dtype, kv_cache_dtype=request.kv_cache_dtype or "auto", kv_elem_bytes=kv_bytes,
-        utilization=request.gpu_memory_utilization or DEFAULT_UTILIZATION, max_num_seqs=request.max_num_seqs,
+        utilization=request.gpu_memory_utilization or DEFAULT_UTILIZATION,
+        utilization_pinned=request.gpu_memory_utilization is not None, max_num_seqs=request.max_num_seqs,
         max_num_batched_tokens=request.max_num_batched_tokens,
         min_len=min(target, request.max_model_len or DEFAULT_MIN_CONTEXT), target_len=target,
         min_concurrency=request.min_concurrency, cpu_offload_gb=request.cpu_offload_gb,
+        version=request.vllm_version,
     )
 
 
@@ -147,8 +175,9 @@ def _dtype_for(spec: ModelSpec, gpu: GPU, cand: Candidate, request: PlanRequest)
 def plan_model(spec: ModelSpec, gpu: GPU, gpus_available: int, request: PlanRequest | None = None) -> Plan:
     """The best configuration of `spec` on up to `gpus_available` GPUs of type `gpu` (0 for a CPU partition).
 
-    Returns a Plan with fits=False and reasons naming what would fit when nothing does; raises PlanError only
-    for impossible pins (bf16 on a T4, a TP size the model cannot split into, an unknown option).
+    Returns a Plan with fits=False and reasons naming what would fit when nothing does; raises PlanError for
+    impossible pins (bf16 on a T4, a TP size the model cannot split into, a format the GPU or the vLLM release
+    cannot run, an unknown option).
     """
     request = request or PlanRequest()
     if request.num_gpus is not None:
@@ -167,36 +196,97 @@ def plan_model(spec: ModelSpec, gpu: GPU, gpus_available: int, request: PlanRequ
             )
     if not gpu.is_cpu:
         resolve_dtype(spec, gpu, request.dtype)  # an impossible pinned dtype is an error, whatever the ladder
-    cands = _candidates(spec, gpu, request)
+    if request.cpu_offload_gb and (problem := offload_problem(spec, request.vllm_version)):
+        raise PlanError(problem)
+    plan, tried, skipped = _walk(spec, gpu, gpus_available, request)
+    if plan is not None:
+        return _with_reasons(plan, _knob_reasons(plan, spec, request, gpus_available))
+    lever = _fp8_kv_lever(spec, gpu, gpus_available, request)
+    if lever is not None:
+        return lever
+    if not tried and _pinned(request):
+        raise PlanError(
+            f"{spec.name} cannot run on {gpu.name} as pinned (vLLM {request.vllm_version.value}): "
+            + "; ".join(dict.fromkeys(skipped))
+        )
+    return _nothing_fits(spec, gpu, gpus_available, request, tried, skipped)
+
+
+def _walk(
+    spec: ModelSpec, gpu: GPU, gpus_available: int, request: PlanRequest
+) -> tuple[Plan | None, list[Plan], list[str]]:
+    """Walk the ladder: the first plan that fits, else (None, every plan tried, why each rung was left)."""
+    version = request.vllm_version
     skipped: list[str] = []
     tried: list[Plan] = []
-    for cand in cands:
+    for cand in _candidates(spec, gpu, request):
         dtype, why = _dtype_for(spec, gpu, cand, request)
-        if cand.engine == "vllm" and cand.quantization:
-            problem = check_quantization(cand.quantization, gpu, dtype)
+        if cand.engine == "vllm" and not gpu.is_cpu:
+            problem = (check_quantization(cand.quantization, gpu, dtype, version) if cand.quantization else None)
+            problem = problem or attention_problem(spec, gpu, version)
+            if cand.offload:
+                problem = problem or offload_problem(spec, version)
             if problem:
                 skipped.append(f"{cand.label}: {problem}")
                 continue
         settings = _settings(spec, gpu, request, dtype)
-        _, kv_why = check_kv_cache_dtype(request.kv_cache_dtype, gpu)
+        _, kv_why = check_kv_cache_dtype(request.kv_cache_dtype, gpu, version)
         if cand.engine == "vllm" and gpu.is_cpu:
             fits = [fit_vllm_cpu(spec, gpu, cand, settings)]
         else:
             fit = fit_llamacpp if cand.engine == "llama.cpp" else fit_vllm
-            fits = [fit(spec, gpu, cand, n, settings) for n in _gpu_counts(spec, gpu, cand, request, gpus_available)]
+            counts = _gpu_counts(spec, gpu, cand, request, gpus_available)
+            fits = [fit(spec, gpu, cand, n, settings) for n in counts]
         notes = attention_notes(gpu) if cand.engine == "vllm" else ()
         for plan in fits:
             plan = _with_reasons(plan, tuple(skipped) + why + kv_why + notes)
             if plan.fits:
-                return plan
+                return plan, tried, skipped
             tried.append(plan)
         if fits:  # this rung failed: say so on whatever rung wins
             best = min(fits, key=lambda p: p.weights_gib_per_gpu + p.cpu_offload_gb)
-            need = next((r for r in best.reasons if r.startswith(("needs", "would offload"))), "does not fit")
+            need = next((r for r in best.reasons if r.startswith(("needs", "would offload", "online fp8"))),
+                        "does not fit")
             rung = f"{cand.label}{' with offload' if cand.offload else ''} ({best.dtype})"
             skipped.extend(r for r in why if r not in skipped)
             skipped.append(f"{rung} on {best.tensor_parallel_size} GPU(s): {need}")
-    return _nothing_fits(spec, gpu, gpus_available, tried, skipped)
+    return None, tried, skipped
+
+
+def _pinned(request: PlanRequest) -> bool:
+    return any(x is not None for x in (request.quantization, request.dtype, request.kv_cache_dtype, request.engine,
+                                       request.tensor_parallel_size))
+
+
+def _fp8_kv_lever(spec: ModelSpec, gpu: GPU, gpus_available: int, request: PlanRequest) -> Plan | None:
+    """The last lever before giving up: an fp8 KV cache (half the bytes per token) where the GPU and the release
+    start it, with the ladder walked again."""
+    if request.kv_cache_dtype is not None or kv_cache_dtype_problem(gpu, request.vllm_version):
+        return None
+    plan, _, _ = _walk(spec, gpu, gpus_available, replace(request, kv_cache_dtype="fp8"))
+    if plan is None or plan.engine != "vllm":
+        return None
+    why = "--kv-cache-dtype fp8: nothing fits with a 16-bit KV cache; fp8 halves the bytes per token"
+    return _with_reasons(plan, (why, *_knob_reasons(plan, spec, request, gpus_available)))
+
+
+def _knob_reasons(plan: Plan, spec: ModelSpec, request: PlanRequest, gpus_available: int) -> tuple[str, ...]:
+    """Why each chosen knob has its value (pinned ones say so), so no plan comes without an explanation."""
+    if plan.engine != "vllm":
+        return (f"-ngl {plan.gpu_layers}, {plan.max_num_seqs} slot(s) of {plan.max_model_len} tokens",)
+    weights = ("the checkpoint as published" if not plan.quantization else
+               f"{plan.quantization} {'quantized at load' if plan.quantization_online else 'checkpoint'}")
+    n = "pinned" if request.tensor_parallel_size or request.num_gpus else (
+        f"the fewest of {gpus_available} GPU(s) that hold it")
+    ctx = "pinned" if request.max_model_len else (
+        "the model's full context" if plan.max_model_len == spec.context_length else "the most the KV cache holds")
+    util = "pinned" if request.gpu_memory_utilization else "vLLM's default (see above)"
+    seqs = "pinned" if request.max_num_seqs else "vLLM's default on this GPU, or lowered (see above)"
+    return (
+        f"vLLM {plan.vllm_version}: --dtype {plan.dtype}, weights {weights}; TP {plan.tensor_parallel_size}: {n}",
+        f"--max-model-len {plan.max_model_len}: {ctx}; --gpu-memory-utilization {plan.gpu_memory_utilization:g}: "
+        f"{util}; --max-num-seqs {plan.max_num_seqs}: {seqs}",
+    )
 
 
 def _gpu_counts(spec: ModelSpec, gpu: GPU, cand: Candidate, request: PlanRequest, available: int) -> list[int]:
@@ -210,6 +300,8 @@ def _gpu_counts(spec: ModelSpec, gpu: GPU, cand: Candidate, request: PlanRequest
     if request.tensor_parallel_size:
         return [request.tensor_parallel_size]
     sizes = tp_sizes(spec, available, cand.group_size if cand.quantization in ("awq", "gptq") else None)
+    if cand.quantization == "bitsandbytes" and not cand.online and request.vllm_version.prequantized_bitsandbytes_refuses_tp:
+        sizes = [1]  # bitsandbytes_loader.py: "Prequant BitsAndBytes models with tensor parallelism is not supported"
     if request.num_gpus:
         sizes = [n for n in sizes if n == request.num_gpus] or sizes
     return sizes[::-1] if cand.offload else sizes
@@ -219,28 +311,70 @@ def _with_reasons(plan: Plan, extra: tuple[str, ...]) -> Plan:
     return replace(plan, reasons=tuple(dict.fromkeys(extra + plan.reasons)))  # in order, each once
 
 
-def _nothing_fits(spec: ModelSpec, gpu: GPU, gpus: int, tried: list[Plan], skipped: list[str]) -> Plan:
+def _larger_gpu(spec: ModelSpec, gpu: GPU, closest: Plan | None) -> GPU | None:
+    """The smallest catalog GPU with more memory than `gpu` whose budget holds the closest miss on one GPU (the
+    largest such GPU when none does); with nothing sized (every format refused), the smallest larger sm80+ GPU.
+    None on the largest GPU or a CPU partition: never "try H100" on an H100."""
+    if gpu.is_cpu:
+        return None
+    larger = sorted((g for g in GPUS.values() if g.memory_gib > gpu.memory_gib), key=lambda g: g.memory_gib)
+    if closest is None:
+        larger = [g for g in larger if g.sm >= 80]
+        need = _native_weights_gib(spec) + 2.0  # + activations, overheads and some KV cache
+    else:
+        need = (closest.weights_gib_per_gpu * closest.tensor_parallel_size + closest.activation_gib_per_gpu
+                + closest.overhead_gib_per_gpu + closest.shortfall_gib / closest.tensor_parallel_size)
+    return next((g for g in larger if DEFAULT_UTILIZATION * g.memory_gib >= need), larger[-1] if larger else None)
+
+
+def _native_weights_gib(spec: ModelSpec) -> float:
+    """The published checkpoint's weights on one GPU (MXFP4 experts padded as Marlin pads them)."""
+    arch = spec.architecture
+    native = spec.native_quantization.value if spec.native_quantization else None
+    padding = mem.mxfp4_expert_padding(arch, 1, "marlin") if native == "mxfp4" else 1.0
+    fmt = mem.weight_format(native, 2, 8 if native == "fp8" else 16, None, padding)
+    return mem.weights_bytes_per_gpu(arch, fmt, 1, 2) / mem.GIB
+
+
+def _what_would_fit(spec: ModelSpec, gpu: GPU, request: PlanRequest, closest: Plan | None) -> str:
+    """Concrete alternatives: only GPUs larger than this one, and offload with its size and cost."""
+    larger = _larger_gpu(spec, gpu, closest)
+    options = [f"a partition with larger GPUs (try --gpu {larger.name})" if larger
+               else "more GPUs per node (a larger TP size)" if not gpu.is_cpu else "a partition with more RAM"]
+    options += ["a shorter --max-model-len", "a quantized variant in configs/models.yaml (AWQ/GPTQ 4-bit, or GGUF "
+                "for llama.cpp)", "routing this model's category to the cloud fallback"]
+    if closest is not None and closest.engine == "vllm" and closest.shortfall_gib > 0 and not gpu.is_cpu:
+        gib = -(-closest.shortfall_gib // 0.5) * 0.5
+        problem = offload_problem(spec, request.vllm_version)
+        options.append(
+            f"--cpu-offload-gb {gib:g} (not chosen unless pinned or allow_cpu_offload: {gib:g} GiB per GPU of "
+            f"pinned host RAM against --mem, streamed over PCIe on every step)" if problem is None
+            else f"not CPU offload: {problem}"
+        )
+    return "what would fit: " + "; ".join(options)
+
+
+def _nothing_fits(
+    spec: ModelSpec, gpu: GPU, gpus: int, request: PlanRequest, tried: list[Plan], skipped: list[str]
+) -> Plan:
     """The closest miss (the smallest footprint per GPU tried), with what would fit instead."""
     where = "host RAM" if gpu.is_cpu else f"{gpus} x {gpu.name}"
-    advice = (
-        f"{spec.name} does not fit on {where} with any configuration tried",
-        "what would fit: a partition with more or larger GPUs (try --gpu H100-80GB), a shorter --max-model-len, "
-        "a quantized variant in configs/models.yaml (AWQ/GPTQ 4-bit, or GGUF for llama.cpp), "
-        "or routing this model's category to the cloud fallback",
-    )
-    if tried:
-        closest = min(tried, key=lambda p: p.weights_gib_per_gpu + p.cpu_offload_gb)
-        return _with_reasons(closest, advice[:1] + tuple(r for r in skipped if r not in closest.reasons) + advice[1:])
+    closest = min(tried, key=lambda p: p.weights_gib_per_gpu + p.cpu_offload_gb) if tried else None
+    head = f"{spec.name} does not fit on {where} with any configuration tried (vLLM {request.vllm_version.value})"
+    advice = _what_would_fit(spec, gpu, request, closest)
+    if closest is not None:
+        return _with_reasons(closest, (head, *(r for r in skipped if r not in closest.reasons), advice))
     # nothing could even be tried (every format refused by the GPU, or no GGUF for a CPU partition)
     engine = "llama.cpp" if gpu.is_cpu else "vllm"
     return Plan(
         fits=False, engine=engine, model=spec.name, weights_ref=spec.weights or spec.hf_id, gpu=gpu.name,
         dtype=spec.architecture.torch_dtype, quantization=None, quantization_online=False, kv_cache_dtype="auto",
-        tensor_parallel_size=max(gpus, 1), max_model_len=min(spec.context_length, DEFAULT_MIN_CONTEXT),
-        gpu_memory_utilization=DEFAULT_UTILIZATION, max_num_seqs=1, max_num_batched_tokens=None, cpu_offload_gb=0.0,
-        weights_gib_per_gpu=0.0,
+        tensor_parallel_size=1, max_model_len=min(spec.context_length, DEFAULT_MIN_CONTEXT),
+        gpu_memory_utilization=DEFAULT_UTILIZATION, max_num_seqs=request.min_concurrency,
+        max_num_batched_tokens=None, cpu_offload_gb=0.0, weights_gib_per_gpu=0.0,
         activation_gib_per_gpu=0.0, overhead_gib_per_gpu=0.0, kv_cache_gib_per_gpu=0.0, kv_cache_tokens=0,
-        max_concurrency=0.0, reasons=tuple(skipped)
+        max_concurrency=0.0, vllm_version=request.vllm_version.value if engine == "vllm" else None,
+        reasons=tuple(dict.fromkeys((head, *skipped)))
         + (("no GGUF weights in the catalog: CPU partitions run GGUF in llama.cpp",) if gpu.is_cpu else ())
-        + advice,
+        + (advice,),
     )

@@ -6,7 +6,8 @@ a T4 14.74 GiB (vLLM startup logs print it as `total_gpu_memory (39.39GiB)` / `T
 Compute capabilities are NVIDIA's table, https://developer.nvidia.com/cuda-gpus .
 
 bf16 needs sm80+ (vLLM refuses it below: `_check_if_gpu_supports_dtype` raises "Bfloat16 is only supported on GPUs
-with compute capability of at least 8.0"); fp8 tensor cores need sm89+ (Ada, Hopper).
+with compute capability of at least 8.0"), so V100s (sm70) and T4s (sm75) run float16, without FlashAttention
+(precision.attention_notes); fp8 tensor cores need sm89+ (Ada, Hopper, Blackwell).
 
 The pseudo-GPU "CPU" stands for a partition without GPUs (gpus_per_node 0): llama.cpp runs there from host RAM.
 """
@@ -50,14 +51,25 @@ def _gpu(name: str, memory_gib: float, cc: tuple[int, int]) -> GPU:
 GPUS: dict[str, GPU] = {
     g.name: g
     for g in (
+        # memory: torch.cuda.mem_get_info()'s total in GiB, from vLLM startup logs and PyTorch OOM messages
+        # ("GPU 0; 31.75 GiB total capacity"); where none was found, nvidia-smi's total minus the ~0.45 GiB the
+        # driver keeps (H100: 81,559 MiB in nvidia-smi, 79.18 GiB in vLLM)
+        _gpu("B200", 178.35, (10, 0)),  # unsloth#3411: "Total VRAM: 178.35 GB" (torch, GiB)
+        _gpu("H200", 139.81, (9, 0)),  # nvidia-smi 143,771 MiB
+        _gpu("GH200", 94.50, (9, 0)),  # the 96 GB HBM3 module, nvidia-smi 97,871 MiB
         _gpu("H100-80GB", 79.18, (9, 0)),
         _gpu("A100-80GB", 79.14, (8, 0)),
-        _gpu("A100-40GB", 39.39, (8, 0)),
+        _gpu("RTX-A6000", 47.54, (8, 6)),  # PyTorch OOM messages: "47.54 GiB total capacity"
         _gpu("L40S", 44.39, (8, 9)),
+        _gpu("L40", 44.39, (8, 9)),  # the L40S's board memory (nvidia-smi 46,068 MiB both)
+        _gpu("A40", 44.35, (8, 6)),  # nvidia-smi 46,068 MiB; ECC on
+        _gpu("A100-40GB", 39.39, (8, 0)),
+        _gpu("V100-32GB", 31.75, (7, 0)),  # PyTorch OOM messages: "31.75 GiB total capacity"
         _gpu("L4", 22.06, (8, 9)),
         _gpu("A10G", 21.99, (8, 6)),
-        _gpu("T4", 14.74, (7, 5)),
+        _gpu("V100-16GB", 15.77, (7, 0)),  # PyTorch OOM messages: "15.77 GiB total capacity"
         _gpu("RTX-4080", 15.69, (8, 9)),
+        _gpu("T4", 14.74, (7, 5)),
     )
 }
 

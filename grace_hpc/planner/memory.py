@@ -10,7 +10,9 @@ How vLLM (V1 engine, 0.8 and later) spends a GPU, which is what this module pred
     startup refuses when KV memory cannot hold one request of max_model_len ("No available memory for the cache
     blocks" / "To serve at least one request with the models's max seq len ...").
 
-CUDA graphs and the CUDA context live *outside* the budget, in the (1 - utilization) headroom.
+The CUDA context lives *outside* the budget, in the (1 - utilization) headroom; CUDA graphs too up to 0.20, and
+inside the budget from 0.21 (VllmVersion.cudagraphs_in_budget). What changes between releases is a property of
+`VllmVersion` (grace_hpc/vllm_version.py), passed in here.
 Calibrated against real startup logs: bench/data/vllm_startup_logs.yaml, bench/planner_accuracy.py.
 """
 
@@ -20,6 +22,8 @@ import math
 from dataclasses import dataclass
 
 from grace_hpc.config.catalog import Architecture
+from grace_hpc.errors import PlanError
+from grace_hpc.vllm_version import VllmVersion
 
 __all__ = [
     "GIB",
@@ -33,8 +37,12 @@ __all__ = [
     "kv_bytes_per_request",
     "activation_bytes",
     "non_torch_bytes",
+    "cudagraph_bytes",
     "outside_budget_bytes",
+    "mxfp4_backend",
+    "mxfp4_expert_padding",
     "kv_tokens",
+    "layer_kinds",
     "gguf_bits_per_weight",
     "weight_format",
 ]
@@ -44,22 +52,37 @@ BLOCK_SIZE = 16  # vLLM's default --block-size on CUDA
 VOCAB_PADDING = 64  # vllm/model_executor/layers/vocab_parallel_embedding.py DEFAULT_VOCAB_PADDING_SIZE
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
-# GGUF bits per weight (llama.cpp ggml-quants block layouts: Q4_0 = 18 bytes / 32 weights = 4.5 bpw, Q8_0 =
-# 34 / 32 = 8.5; K-quant mixes are the averages llama.cpp's `quantize --help` prints for a 7B model).
-_GGUF_BPW = {
-    "F32": 32.0, "F16": 16.0, "BF16": 16.0, "Q8_0": 8.5, "Q6_K": 6.56, "Q5_K_M": 5.67, "Q5_0": 5.5, "Q5_1": 6.0,
-    "Q4_K_M": 4.89, "Q4_K_S": 4.58, "Q4_0": 4.5, "Q4_1": 5.0, "Q3_K_M": 3.91, "Q2_K": 3.35, "IQ4_XS": 4.25,
-    # gpt-oss GGUF: MXFP4 experts (17 bytes / 32 weights = 4.25 bpw) with attention and embeddings kept wider;
-    # ggml-org/gpt-oss-20b-GGUF's file is 12.1 GB for 20.9 B parameters = 4.63 bpw on average
-    "MXFP4": 4.63,
+# GGUF bits per weight. Single-type files: the ggml block layouts (ggml/src/ggml-common.h, bytes per block /
+# weights per block x 8): Q4_0 block_q4_0 = fp16 d + 16 nibble bytes = 18 B / 32 = 4.5; Q4_1 20/32; Q5_0 22/32;
+# Q5_1 24/32; Q8_0 34/32; super-blocks of 256 (QK_K): Q2_K 84 B, Q3_K 110, Q4_K 144, Q5_K 176, Q6_K 210; IQ2_XXS
+# 66, IQ2_XS 74, IQ2_S 82, IQ3_XXS 98, IQ3_S 110, IQ1_S 50, IQ1_M 56, IQ4_XS 136; IQ4_NL 18/32; MXFP4 17/32.
+_GGUF_BLOCK_BPW = {
+    "F32": 32.0, "F16": 16.0, "BF16": 16.0, "Q8_0": 8.5, "Q5_1": 6.0, "Q5_0": 5.5, "Q4_1": 5.0, "Q4_0": 4.5,
+    "Q6_K": 6.5625, "Q5_K": 5.5, "Q4_K": 4.5, "Q3_K": 3.4375, "Q2_K": 2.625,
+    "IQ4_XS": 4.25, "IQ4_NL": 4.5, "IQ3_S": 3.4375, "IQ3_XXS": 3.0625, "IQ2_S": 2.5625, "IQ2_XS": 2.3125,
+    "IQ2_XXS": 2.0625, "IQ1_M": 1.75, "IQ1_S": 1.5625,
+}
+# File types that mix block types per tensor (llama.cpp src/llama-quant.cpp llama_tensor_get_type keeps
+# attn_v/ffn_down/output wider): the average bits per weight llama.cpp's quantize table gives for a 7B model
+# (Q2_K files are a Q2_K/Q3_K/Q4_K mix). gpt-oss GGUFs: MXFP4 experts with attention and embeddings kept wider;
+# ggml-org/gpt-oss-20b-GGUF's file is 12.1 GB for 20.9 B parameters = 4.63 bpw.
+_GGUF_MIX_BPW = {
+    "Q6_K": 6.56, "Q5_K_M": 5.67, "Q5_K_S": 5.54, "Q4_K_M": 4.89, "Q4_K_S": 4.58, "Q3_K_L": 4.27,
+    "Q3_K_M": 3.91, "Q3_K_S": 3.50, "Q2_K": 3.35, "MXFP4": 4.63,
 }
 
 
 def gguf_bits_per_weight(gguf_type: str) -> float:
-    try:
-        return _GGUF_BPW[gguf_type.upper()]
-    except KeyError:
-        raise ValueError(f"unknown GGUF type {gguf_type!r}; known: {', '.join(_GGUF_BPW)}") from None
+    """Average bits per weight of a GGUF file type (the mixes' averages first, then single block types)."""
+    key = gguf_type.upper()
+    bpw = _GGUF_MIX_BPW.get(key) or _GGUF_BLOCK_BPW.get(key)
+    if bpw is None:
+        known = sorted(set(_GGUF_MIX_BPW) | set(_GGUF_BLOCK_BPW))
+        raise PlanError(
+            f"unknown GGUF type {gguf_type!r}: its bits per weight are not known; known: {', '.join(known)} "
+            "(set the variant's gguf_type in configs/models.yaml to one of them)"
+        )
+    return bpw
 
 
 @dataclass(frozen=True)
@@ -78,7 +101,7 @@ class WeightFormat:
 
 
 def weight_format(
-    method: str | None, dtype_bytes: int, bits: int = 16, group_size: int | None = None, expert_width: int = 0
+    method: str | None, dtype_bytes: int, bits: int = 16, group_size: int | None = None, expert_padding: float = 1.0
 ) -> WeightFormat:
     """Bytes per parameter of a vLLM weight format. Embeddings, lm_head, norms and routers stay in the model dtype.
 
@@ -91,10 +114,9 @@ def weight_format(
       those, 0.5 + 1/64 + 4/(64 x 256) bytes (bitsandbytes `compress_statistics`). Checked against
       unsloth/Qwen2.5-7B-Instruct-bnb-4bit loading 5.2032 GiB in vLLM 0.7.3 (vllm#13882); the plain float32
       absmax (0.5 + 4/64) overshot it by 5 %. 8-bit keeps 1 + 4/64 (no log checks it).
-    - mxfp4 (gpt-oss): experts only, 4 bits + one uint8 E8M0 scale per 32 (OCP MX spec); attention stays bf16.
-      vLLM pads the expert width to a multiple of 256 for its MoE kernels (quantization/mxfp4.py
-      `mxfp4_round_up_hidden_size_and_intermediate_size`): 2880 -> 3072 for gpt-oss, +6.7% (gpt-oss-120b on an
-      H100 loads 64.38 GiB, vllm#33155).
+    - mxfp4 (gpt-oss): experts only, 4 bits + one uint8 E8M0 scale per 32 (OCP MX spec); attention stays bf16;
+      `expert_padding` is the growth of each expert once vLLM pads it for its MoE backend
+      (`mxfp4_expert_padding`).
     """
     d = float(dtype_bytes)
     if method is None:
@@ -102,8 +124,7 @@ def weight_format(
     if method == "fp8":
         return WeightFormat(d, 1.0, 1.0, 1.0, d)
     if method == "mxfp4":
-        pad = _pad(expert_width, 256) / expert_width if expert_width else 1.0
-        return WeightFormat(d, d, d, (0.5 + 1 / 32) * pad, d)
+        return WeightFormat(d, d, d, (0.5 + 1 / 32) * expert_padding, d)
     if method == "bitsandbytes":
         q = 0.5 + 1 / 64 + 4 / (64 * 256) if bits <= 4 else 1.0 + 4 / 64
         return WeightFormat(d, q, q, q, d)
@@ -116,6 +137,36 @@ def weight_format(
 
 def _pad(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
+
+
+# MXFP4 MoE backends when FlashInfer's MXFP4 MoE is not opted into (0.11 quantization/mxfp4.py
+# get_mxfp4_backend; 0.19 fused_moe/oracle/mxfp4.py _get_priority_backends): Marlin below sm90 (and on sm90 without
+# triton_kernels: VllmVersion.bundles_triton_kernels), Triton on sm90, FlashInfer TRT-LLM on sm100. Their padding
+# of the hidden size and of each rank's share of the expert width after the TP split (0.11 mxfp4.py
+# Mxfp4MoEMethod.create_weights, 0.19 fused_moe/oracle/mxfp4.py mxfp4_round_up_hidden_size_and_intermediate_size):
+# (hidden multiple, width multiple). Triton rounds only the width (to 64) there, but its Hopper swizzled layout
+# (triton_kernels layout, utils/mxfp4_utils.py _swizzle_mxfp4) stores the hidden dimension padded to 256: gpt-oss-120b
+# loads 64.38 GiB with the Triton backend on an H100 (vllm#33155), which is 2880 -> 3072 on every expert.
+_MXFP4_PADDING = {"marlin": (256, 128), "triton": (256, 64), "flashinfer-trtllm": (256, 256)}
+
+
+def mxfp4_backend(sm: int, version: VllmVersion) -> str:
+    """The MXFP4 MoE backend vLLM `version` picks on a GPU of compute capability `sm`."""
+    if sm >= 100:
+        return "flashinfer-trtllm"
+    return "triton" if sm >= 90 and version.bundles_triton_kernels else "marlin"
+
+
+def mxfp4_expert_padding(arch: Architecture, tp: int, backend: str) -> float:
+    """How much larger each expert is once padded for `backend` at tensor parallel size `tp`.
+    gpt-oss (hidden 2880, width 2880): Marlin (A100, L4) pads to 3072 x 2944 at TP 1 (+9.0 %) and 3072 x 1536 per
+    rank at TP 2 (+13.8 %); Triton (H100) to 3072 x 2880 at TP 1 (+6.7 %) and 3072 x 1472 at TP 2."""
+    if arch.moe is None:
+        return 1.0
+    hidden_multiple, width_multiple = _MXFP4_PADDING[backend]
+    width = arch.moe.expert_intermediate_size / tp
+    padded = _pad(arch.hidden_size, hidden_multiple) * _pad(math.ceil(width), width_multiple)
+    return padded / (arch.hidden_size * width)
 
 
 def kv_heads_per_gpu(arch: Architecture, tp: int) -> int:
@@ -201,7 +252,7 @@ def weights_bytes_per_gpu(arch: Architecture, fmt: WeightFormat, tp: int, dtype_
     return weights + rope_cache
 
 
-def _layer_kinds(arch: Architecture) -> tuple[int, int]:
+def layer_kinds(arch: Architecture) -> tuple[int, int]:
     """(full-attention layers, sliding-window layers)."""
     layers = arch.num_hidden_layers
     if arch.sliding_window is None:
@@ -225,16 +276,22 @@ def kv_bytes_per_token(arch: Architecture, tp: int, elem_bytes: int) -> int:
     return per_layer * arch.num_hidden_layers
 
 
-def kv_bytes_per_request(arch: Architecture, tp: int, elem_bytes: int, tokens: int) -> int:
-    """KV bytes one request of `tokens` needs: sliding-window layers keep only their window of blocks.
-
-    vLLM's hybrid KV cache manager (v1/core/single_type_kv_cache_manager.py SlidingWindowManager) frees blocks
-    that fall out of the window, so a sliding layer needs at most cdiv(window, block) + 1 blocks.
+def kv_bytes_per_request(
+    arch: Architecture, tp: int, elem_bytes: int, tokens: int, max_num_batched_tokens: int, version: VllmVersion
+) -> int:
+    """KV bytes vLLM reserves for one request of `tokens`: every block of the context on full-attention layers;
+    on sliding-window layers the window plus the tokens still in flight, capped at the context
+    (v1/kv_cache_interface.py SlidingWindowSpec.max_memory_usage_bytes: cdiv(min(window - 1 + in-flight tokens,
+    max_model_len), block) + 1 blocks; in-flight tokens: VllmVersion.sliding_window_in_flight_batches x
+    max_num_batched_tokens). This is what startup checks one max_model_len request against and what "Maximum
+    concurrency" divides by.
     """
     per_layer = kv_bytes_per_token(arch, tp, elem_bytes) // arch.num_hidden_layers
-    full, sliding = _layer_kinds(arch)
+    full, sliding = layer_kinds(arch)
     blocks_full = math.ceil(tokens / BLOCK_SIZE)
-    blocks_slide = min(blocks_full, math.ceil((arch.sliding_window or 0) / BLOCK_SIZE) + 1)
+    in_flight = version.sliding_window_in_flight_batches * max_num_batched_tokens
+    window_tokens = min((arch.sliding_window or 0) - 1 + in_flight, tokens)
+    blocks_slide = math.ceil(window_tokens / BLOCK_SIZE) + 1
     return per_layer * BLOCK_SIZE * (full * blocks_full + sliding * blocks_slide)
 
 
@@ -247,29 +304,25 @@ def kv_tokens(kv_bytes: float, arch: Architecture, tp: int, elem_bytes: int) -> 
 
 
 # Calibration constants of the activation model (bench/planner_accuracy.py fits and checks them).
-ACTIVATION_BASE_GIB = 0.25  # allocator slack, sampler buffers, dummy inputs
+ACTIVATION_BASE_GIB = 0.25  # allocator slack, dummy inputs, small buffers
 ACTIVATION_SCALE = 1.0
-SAMPLER_BYTES_PER_LOGIT = 16
-MOE_GIB_PER_EXPERT = 0.04
 
 
 def activation_bytes(
-    arch: Architecture, tp: int, dtype_bytes: int, max_num_batched_tokens: int, max_num_seqs: int
+    arch: Architecture, tp: int, dtype_bytes: int, max_num_batched_tokens: int, max_num_seqs: int,
+    version: VllmVersion,
 ) -> float:
     """Peak of vLLM's profile run (`profile_run`): a forward of max_num_batched_tokens tokens, then the sampler.
 
     Forward peak = three hidden-size tensors per token (the residual, the normed input and the layer output alive
-    together) + the largest transient: the MLP's gate_up output and its activation (or, for MoE, the fused-MoE
-    intermediate caches of top-k experts per token), or the attention q/k/v + output. Dense V0 logs, which print
-    the activation peak, fix the per-token slope: Llama-3.1-8B on an RTX 3090 (vllm#10517) peaks at 2.07 GiB for
-    20000 tokens and 2.99 GiB for 29000, 110 KiB per token = 2 bytes x (3 x 14336 + 3.2 x 4096); with two
-    hidden-size tensors the model came out 0.15-0.2 GiB short and the KV cache 4-8 % too large.
-    Sampler peak (v1 `_dummy_sampler_run`, max_num_seqs rows over the vocabulary, top-k/top-p on): float32 logits,
-    float32 probabilities and the sort's int64 indices, 16 bytes per vocabulary entry and row.
-    MoE models add an empirical per-expert term: large-MoE startups on vLLM 0.9-0.11 (gpt-oss-120b on one H100,
-    vllm#23278 and #27508; Qwen3-235B-A22B on 4 x H100, vllm#21348) all lost ~5 GiB per GPU beyond weights and
-    activations at 128 experts (fused-MoE workspaces and kernel buffers), whatever max_num_batched_tokens was;
-    gpt-oss-20b (32 experts) lost ~1 GiB. bench/planner_accuracy.py shows the fit.
+    together) + the largest transient: the MLP's gate_up output and its activation, or for MoE the fused-MoE
+    workspace of top-k experts per token (fused_moe: intermediate caches of tokens x top-k x expert width), or the
+    attention q/k/v + output. Dense V0 logs, which print the activation peak, fix the per-token slope:
+    Llama-3.1-8B on an RTX 3090 (vllm#10517) peaks at 2.07 GiB for 20000 tokens and 2.99 GiB for 29000, 110 KiB
+    per token = 2 bytes x (3 x 14336 + 3.2 x 4096).
+    Sampler peak (`_dummy_sampler_run`, max_num_seqs rows over the vocabulary, top-k/top-p on): bytes per logit
+    by version (VllmVersion.sampler_bytes_per_logit). There is no per-expert term: vLLM has no such allocation,
+    and the large-MoE rows that once suggested one are explained by the sampler and the MXFP4 padding.
     """
     tokens = max_num_batched_tokens
     h = arch.hidden_size
@@ -280,9 +333,8 @@ def activation_bytes(
         moe_width = arch.moe.experts_per_token * arch.moe.expert_intermediate_size
         mlp = max(mlp, 3 * tokens * moe_width / tp * dtype_bytes)
     forward = residual + max(attn, mlp)
-    sampler = SAMPLER_BYTES_PER_LOGIT * max_num_seqs * arch.vocab_size
-    moe = MOE_GIB_PER_EXPERT * arch.moe.num_experts * GIB if arch.moe else 0.0
-    return ACTIVATION_SCALE * max(forward, sampler) + ACTIVATION_BASE_GIB * GIB + moe
+    sampler = version.sampler_bytes_per_logit * max_num_seqs * arch.vocab_size
+    return ACTIVATION_SCALE * max(forward, sampler) + ACTIVATION_BASE_GIB * GIB
 
 
 def non_torch_bytes(tp: int) -> float:
@@ -292,7 +344,15 @@ def non_torch_bytes(tp: int) -> float:
     return (0.1 if tp == 1 else 0.4) * GIB
 
 
-def outside_budget_bytes(tp: int) -> float:
-    """What lives in the (1 - utilization) headroom: CUDA context (~0.4-0.5 GiB) and captured CUDA graphs
-    ("Graph capturing finished ... took 0.5-1.2 GiB" in vLLM logs; more under TP)."""
-    return (1.0 if tp == 1 else 1.4) * GIB
+CUDA_CONTEXT_GIB = 0.5  # CUDA context, cuBLAS/cuDNN handles: outside the budget in every release
+
+
+def cudagraph_bytes(tp: int) -> float:
+    """Captured CUDA graphs ("Graph capturing finished ... took 0.5-1.2 GiB" in vLLM logs; more under TP)."""
+    return (0.5 if tp == 1 else 0.9) * GIB
+
+
+def outside_budget_bytes(tp: int, version: VllmVersion) -> float:
+    """What lives in the (1 - utilization) headroom: the CUDA context, and the CUDA graphs before 0.21."""
+    graphs = 0.0 if version.cudagraphs_in_budget else cudagraph_bytes(tp)
+    return CUDA_CONTEXT_GIB * GIB + graphs

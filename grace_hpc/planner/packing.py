@@ -3,7 +3,7 @@
 Packed models run as separate engine processes on the same GPU(s). vLLM budgets each process by its own
 `--gpu-memory-utilization` fraction of the *total* memory (V1 gpu_worker: requested_memory = total x utilization;
 startup fails when less than that is free), so the fractions must add up to less than one, leaving room outside
-the budgets for every process's CUDA context and CUDA graphs.
+the budgets for every process's CUDA context (and, before vLLM 0.21, its CUDA graphs).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from grace_hpc.planner import memory as mem
 from grace_hpc.planner.choose import plan_model
 from grace_hpc.planner.gpus import CPU_NAME, GPU, cpu_device, get_gpu
 from grace_hpc.planner.plans import Plan, PlanRequest, ServerPlan
+from grace_hpc.vllm_version import DEFAULT_VLLM_VERSION, VllmVersion
 
 __all__ = ["plan_server", "partition_device", "split_utilization", "PACK_MARGIN"]
 
@@ -58,15 +59,19 @@ def split_utilization(needs: list[float], usable: float) -> list[float] | None:
     return [math.floor(round((n + spare * n / total) * 100, 6)) / 100 for n in needs]
 
 
-def plan_server(server: ServerSpec, partition: Partition, catalog: Catalog) -> ServerPlan:
-    """Plan every model of `server` on `partition`. Does-not-fit is an answer (fits=False with reasons naming
-    what would fit); PlanError only for unknown models or impossible pins."""
+def plan_server(
+    server: ServerSpec, partition: Partition, catalog: Catalog, vllm_version: VllmVersion = DEFAULT_VLLM_VERSION
+) -> ServerPlan:
+    """Plan every model of `server` on `partition` for vLLM `vllm_version` (cluster.yaml engines.vllm_version).
+    Does-not-fit is an answer (fits=False with reasons naming what would fit); PlanError only for unknown models
+    or impossible pins."""
     gpu, per_node = partition_device(partition)
     specs = [_spec(catalog, name) for name in server.models]
     request = PlanRequest(
         dtype=server.dtype, quantization=server.quantization, max_model_len=server.max_model_len,
         min_concurrency=server.min_concurrency, engine=server.engine.value if server.engine else None,
         num_gpus=server.num_gpus if len(specs) == 1 else (server.num_gpus or (0 if gpu.is_cpu else 1)),
+        vllm_version=vllm_version,
     )
     if request.num_gpus == 0:
         request = replace(request, num_gpus=None)
@@ -95,7 +100,7 @@ def _pack(
             + ("give it its own server on a larger partition, or a quantized variant",),
         )
     needs = [_need_fraction(p, gpu, request.min_concurrency) for p in solo]
-    outside = sum(mem.outside_budget_bytes(p.tensor_parallel_size) for p in solo) / mem.GIB
+    outside = sum(mem.outside_budget_bytes(p.tensor_parallel_size, request.vllm_version) for p in solo) / mem.GIB
     usable = 1.0 - outside / gpu.memory_gib - PACK_MARGIN
     shares = split_utilization(needs, usable)
     if shares is None:

@@ -7,6 +7,7 @@ from typing import Any
 
 from grace_hpc.errors import PlanError
 from grace_hpc.planner.render import render_argv
+from grace_hpc.vllm_version import DEFAULT_VLLM_VERSION, VllmVersion
 
 __all__ = ["PlanRequest", "Plan", "ServerPlan", "ENGINES"]
 
@@ -29,6 +30,8 @@ class PlanRequest:
     engine: str | None = None
     min_concurrency: int = 1
     max_num_batched_tokens: int | None = None  # vLLM's per-step token budget; sizes the profiled activation peak
+    vllm_version: VllmVersion = DEFAULT_VLLM_VERSION  # the release whose rules apply (grace_hpc/vllm_version.py)
+    allow_cpu_offload: bool = False  # let the planner choose --cpu-offload-gb (never otherwise, unless pinned)
 
     def __post_init__(self) -> None:
         for name in ("tensor_parallel_size", "num_gpus", "max_model_len", "max_num_seqs", "min_concurrency",
@@ -72,6 +75,8 @@ class Plan:
     max_concurrency: float  # requests of max_model_len tokens the KV cache holds at once
     trust_remote_code: bool = False
     gpu_layers: int | None = None  # llama.cpp -ngl; None for vLLM
+    shortfall_gib: float = 0.0  # GiB per GPU missing when it does not fit (what offloading would have to take)
+    vllm_version: str | None = None  # the vLLM series the plan was made for (None for llama.cpp)
     reasons: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from grace_hpc.config.catalog import ModelSpec
 from grace_hpc.errors import PlanError
 from grace_hpc.planner.gpus import GPU
+from grace_hpc.vllm_version import VllmVersion
 
 __all__ = [
     "DTYPE_ALIASES",
@@ -21,7 +22,10 @@ __all__ = [
     "resolve_dtype",
     "check_quantization",
     "check_kv_cache_dtype",
+    "kv_cache_dtype_problem",
+    "attention_problem",
     "attention_notes",
+    "SOFT_CAPPED",
 ]
 
 # vllm/config/model.py `_STR_DTYPE_TO_TORCH_DTYPE`: the spellings `--dtype` accepts.
@@ -36,6 +40,10 @@ DTYPE_ALIASES = {
 # `--dtype float16` for gemma-2 never starts).
 FP16_REFUSED = frozenset({"gemma2", "gemma3", "gemma3_text", "plamo2", "glm4"})
 
+# Models whose attention soft-caps its logits (model_executor/models/gemma2.py passes
+# `logits_soft_cap=config.attn_logit_softcapping`, 50.0 in every Gemma-2 config; Gemma-3 sets it to null).
+SOFT_CAPPED = frozenset({"gemma2"})
+
 
 @dataclass(frozen=True)
 class QuantRule:
@@ -48,16 +56,17 @@ class QuantRule:
 
 
 QUANT_RULES: dict[str, QuantRule] = {
-    # vllm/model_executor/layers/quantization/fp8.py Fp8Config.get_min_capability() == 80; on sm80-88 vLLM warns
-    # "Your GPU does not have native support for FP8 computation ... Weight-only FP8 compression will be used
-    # leveraging the Marlin kernel" (W8A16); real W8A8 FP8 GEMMs need sm89+ (Ada/Hopper).
-    "fp8": QuantRule(80, (), "FP8 needs sm80+ (weight-only Marlin on sm80-88, W8A8 on sm89+)"),
+    # vllm/model_executor/layers/quantization/fp8.py Fp8Config.get_min_capability(): 80 on 0.11, 75 from 0.19
+    # (VllmVersion.weight_only_marlin_min_sm); below sm89 vLLM warns "Your GPU does not have native support for
+    # FP8 computation ... Weight-only FP8 compression will be used leveraging the Marlin kernel" (W8A16, float16
+    # activations on Turing); real W8A8 FP8 GEMMs need sm89+ (Ada/Hopper).
+    "fp8": QuantRule(80, ("float16",), "FP8 runs weight-only (Marlin) below sm89"),
     # quantization/awq.py AWQConfig: get_min_capability 75 ("only supports Turing or newer"), act dtypes [half];
     # on sm80+ vLLM converts AWQ checkpoints to awq_marlin, which also takes bf16.
     "awq": QuantRule(75, ("float16",), "AWQ kernels need sm75+ and float16 activations below sm80"),
     # quantization/gptq.py GPTQConfig.get_min_capability 60 (exllama kernels, fp16); gptq_marlin on sm80+.
     "gptq": QuantRule(60, ("float16",), "GPTQ needs sm60+ and float16 activations below sm80"),
-    # quantization/bitsandbytes.py BitsAndBytesConfig.get_min_capability 70.
+    # quantization/bitsandbytes.py BitsAndBytesConfig.get_min_capability 70 (0.11, 0.19; removed in 0.33).
     "bitsandbytes": QuantRule(70, ("float16", "float32"), "bitsandbytes needs sm70+"),
     # quantization/mxfp4.py Mxfp4Config: get_min_capability 80, get_supported_act_dtypes [bfloat16]; on sm80-90 the
     # experts run through Marlin/Triton weight-only FP4 (vllm#23278 log: "Weight-only FP4 compression will be used
@@ -108,29 +117,51 @@ def resolve_dtype(spec: ModelSpec, gpu: GPU, pinned: str | None) -> tuple[str, t
     return native, ()
 
 
-def check_quantization(method: str, gpu: GPU, dtype: str) -> str | None:
-    """None when `method` runs on `gpu` with activations in `dtype`, else the reason it does not."""
+def _min_sm(method: str, rule: QuantRule, version: VllmVersion) -> int:
+    """fp8's floor moves with the release; AWQ/GPTQ checkpoints keep theirs (awq.py 75, gptq.py 60), only the
+    kernel changes (awq_marlin/gptq_marlin on sm75 from 0.19)."""
+    return version.weight_only_marlin_min_sm if method == "fp8" else rule.min_sm
+
+
+def check_quantization(method: str, gpu: GPU, dtype: str, version: VllmVersion) -> str | None:
+    """None when `method` runs on `gpu` with activations in `dtype` under vLLM `version`, else why it does not."""
     rule = QUANT_RULES.get(method)
     if rule is None:
         return f"unknown quantization {method!r}; known: {', '.join(QUANT_RULES)}"
     if gpu.is_cpu:
         return None if method == "gguf" else f"{method} needs a GPU (CPU partitions run GGUF in llama.cpp)"
-    if gpu.sm < rule.min_sm:
-        return f"{rule.why}; {gpu.name} is sm{gpu.sm}"
+    if method == "bitsandbytes" and not version.has_bitsandbytes:
+        return f"vLLM {version.value} has no bitsandbytes quantization (removed after 0.19)"
+    min_sm = _min_sm(method, rule, version)
+    if gpu.sm < min_sm:
+        return f"{rule.why}; vLLM {version.value} needs sm{min_sm}+ for {method} and {gpu.name} is sm{gpu.sm}"
     if gpu.sm < 80 and dtype not in rule.act_dtypes_below_sm80:
         takes = "/".join(rule.act_dtypes_below_sm80) or "bfloat16"
         return f"{method} takes {takes} activations on sm{gpu.sm}, not {dtype}"
     return None
 
 
-def check_kv_cache_dtype(kv_cache_dtype: str | None, gpu: GPU) -> tuple[int | None, tuple[str, ...]]:
+def kv_cache_dtype_problem(gpu: GPU, version: VllmVersion) -> str | None:
+    """Why an fp8 KV cache cannot start on `gpu` under `version`, or None."""
+    if gpu.is_cpu:
+        return "--kv-cache-dtype fp8 is a vLLM GPU option; CPU partitions run llama.cpp"
+    if version.flex_attention_below_sm80 and gpu.sm < 80:
+        return (f"vLLM {version.value} runs {gpu.name} (sm{gpu.sm}) on FlexAttention, which refuses a quantized KV "
+                "cache (v1/attention/backends/flex_attention.py); use --vllm-version 0.19 or newer")
+    return None
+
+
+def check_kv_cache_dtype(
+    kv_cache_dtype: str | None, gpu: GPU, version: VllmVersion
+) -> tuple[int | None, tuple[str, ...]]:
     """(bytes per KV element, or None for the model dtype; reasons). --kv-cache-dtype: auto/fp8/fp8_e4m3/fp8_e5m2."""
     if kv_cache_dtype in (None, "auto"):
         return None, ()
     if kv_cache_dtype not in ("fp8", "fp8_e4m3", "fp8_e5m2"):
         raise PlanError(f"unknown --kv-cache-dtype {kv_cache_dtype!r}; valid: auto, fp8, fp8_e4m3, fp8_e5m2")
-    if gpu.is_cpu:
-        raise PlanError("--kv-cache-dtype fp8 is a vLLM GPU option; CPU partitions run llama.cpp")
+    problem = kv_cache_dtype_problem(gpu, version)
+    if problem:
+        raise PlanError(f"--kv-cache-dtype {kv_cache_dtype} cannot start: {problem}")
     reasons = ()
     if not gpu.fp8:
         # FlashAttention 3 (the fp8-KV attention path) is Hopper-only; below sm89 vLLM picks a backend that
@@ -138,6 +169,18 @@ def check_kv_cache_dtype(kv_cache_dtype: str | None, gpu: GPU) -> tuple[int | No
         # (docs.vllm.ai features/quantization/quantized_kvcache)
         reasons = (f"fp8 KV cache on {gpu.name} (sm{gpu.sm}) has no fp8 tensor cores: smaller but slower attention",)
     return 1, reasons
+
+
+def attention_problem(spec: ModelSpec, gpu: GPU, version: VllmVersion) -> str | None:
+    """Why vLLM `version` cannot build `spec`'s attention on `gpu`, or None: on 0.11 every sm<80 GPU gets
+    FlexAttention, which raises "FlexAttention does not support logits soft cap yet" (Gemma-2 in float32 on a
+    T4). The way out there is llama.cpp (a GGUF variant) or a newer vLLM."""
+    soft_capped = spec.architecture.model_type in SOFT_CAPPED
+    if soft_capped and not gpu.is_cpu and gpu.sm < 80 and version.flex_attention_below_sm80:
+        return (f"vLLM {version.value} runs {gpu.name} (sm{gpu.sm}) on FlexAttention, which refuses "
+                f"{spec.architecture.model_type}'s logit soft-capping (v1/attention/backends/flex_attention.py); "
+                "a GGUF in llama.cpp or --vllm-version 0.19+ runs it")
+    return None
 
 
 def attention_notes(gpu: GPU) -> tuple[str, ...]:

@@ -1,0 +1,124 @@
+"""Issue 12's audit, one test per held-out case: each failed on the planner before v2 (the real catalog,
+configs/models.yaml; the vLLM behaviour cited in grace_hpc/vllm_version.py and the planner modules)."""
+
+from __future__ import annotations
+
+import pytest
+
+from grace_hpc.config.loader import PROJECT_ROOT, ConfigDir
+from grace_hpc.errors import PlanError
+from grace_hpc.planner import PlanRequest, get_gpu, plan_model
+from grace_hpc.planner import memory as mem
+from grace_hpc.planner.render import render_vllm_argv
+from grace_hpc.vllm_version import VllmVersion
+
+CATALOG = ConfigDir(PROJECT_ROOT / "configs").catalog()
+H100, A100, L4, T4, RTX4080 = (get_gpu(n) for n in ("H100-80GB", "A100-40GB", "L4", "T4", "RTX-4080"))
+V11, V19, V33 = VllmVersion.V0_11, VllmVersion.V0_19, VllmVersion.V0_33
+
+
+def _argv(plan) -> list[str]:  # type: ignore[no-untyped-def]
+    return render_vllm_argv(plan, host="127.0.0.1", port=8000, served_model_name=plan.model)
+
+
+# 1. The per-expert activation term is not a vLLM mechanism.
+
+def test_1_gpt_oss_120b_on_one_h100_at_16k_starts_with_its_3_3_gib_kv_cache() -> None:
+    # held-out: `--tensor-parallel-size 1 --quantization mxfp4 --gpu-memory-utilization 0.9 --max-model-len 16000
+    # --cpu-offload-gb 0` starts with 3.33 GiB of KV cache; v1 said it does not fit (KV 0.46 GiB)
+    plan = plan_model(CATALOG.get("gpt-oss-120b"), H100, 1, PlanRequest(
+        tensor_parallel_size=1, quantization="mxfp4", gpu_memory_utilization=0.9, max_model_len=16000,
+        cpu_offload_gb=0))
+    assert plan.fits and plan.kv_cache_gib_per_gpu == pytest.approx(3.33, rel=0.15)
+
+
+def test_1_small_moe_pays_for_its_tokens_not_its_experts() -> None:
+    # held-out: DeepSeek-Coder-V2-Lite (64 experts) was charged 2.6 GiB for its experts; vLLM's profile run costs
+    # the fused-MoE workspace of its batched tokens x top-k, and the sampler
+    arch = CATALOG.get("deepseek-coder-v2-lite-instruct").architecture
+    for version in VllmVersion:
+        peak = mem.activation_bytes(arch, 1, 2, 2048, 256, version) / mem.GIB
+        assert peak < 1.5, (version, peak)
+
+
+# 2. No silent --cpu-offload-gb.
+
+@pytest.mark.parametrize("version", list(VllmVersion))
+def test_2_gpt_oss_120b_at_131k_never_gets_cpu_offload(version: VllmVersion) -> None:
+    # held-out: v1 added --cpu-offload-gb 0.5 on its own; vLLM 0.11/0.19 assert cpu_offload_gb == 0 for
+    # sliding-window hybrids, so that job crashed at start
+    plan = plan_model(CATALOG.get("gpt-oss-120b"), H100, 1, PlanRequest(max_model_len=131072, vllm_version=version))
+    assert plan.cpu_offload_gb == 0 and "--cpu-offload-gb" not in _argv(plan)
+
+
+def test_2_olmo_on_an_rtx_4080_says_what_offload_would_take_instead_of_doing_it() -> None:
+    # held-out: v1 planned OLMo-2-7B on an RTX 4080 with a silent --cpu-offload-gb 2.5
+    spec = CATALOG.get("olmo-2-1124-7b-instruct")
+    plan = plan_model(spec, RTX4080, 1, PlanRequest(quantization="none"))
+    assert not plan.fits and plan.cpu_offload_gb == 0 and "--cpu-offload-gb" not in _argv(plan)
+    assert any("--cpu-offload-gb" in r and "PCIe" in r for r in plan.reasons)
+    allowed = plan_model(spec, RTX4080, 1, PlanRequest(quantization="none", allow_cpu_offload=True))
+    assert allowed.fits and allowed.cpu_offload_gb > 0 and "--cpu-offload-gb" in _argv(allowed)
+
+
+def test_2_pinned_offload_of_a_sliding_window_hybrid_is_refused_where_vllm_refuses_it() -> None:
+    spec = CATALOG.get("gpt-oss-20b")
+    with pytest.raises(PlanError, match="refuses --cpu-offload-gb for gpt-oss-20b"):
+        plan_model(spec, L4, 1, PlanRequest(cpu_offload_gb=2, vllm_version=V19))
+    assert plan_model(spec, A100, 1, PlanRequest(cpu_offload_gb=2, vllm_version=V33)).cpu_offload_gb == 2
+
+
+# 3. Pinning --cpu-offload-gb emptied the ladder.
+
+def test_3_pinning_zero_offload_keeps_the_ladder() -> None:
+    # held-out: Llama-3.1-70B fp8 TP 2 on H100 fits, but with --cpu-offload-gb 0 v1 found no configuration at all
+    spec = CATALOG.get("llama-3.1-70b-instruct")
+    free = plan_model(spec, H100, 2, PlanRequest(quantization="fp8", tensor_parallel_size=2))
+    pinned = plan_model(spec, H100, 2, PlanRequest(quantization="fp8", tensor_parallel_size=2, cpu_offload_gb=0))
+    assert free.fits and pinned.fits and pinned.cpu_offload_gb == 0
+    assert pinned.weights_gib_per_gpu == pytest.approx(free.weights_gib_per_gpu)
+
+
+# 4. Sliding-window KV per request: the window plus the tokens in flight (chunked prefill).
+
+def test_4_sliding_layers_reserve_window_plus_batched_tokens() -> None:
+    # held-out: gpt-oss-120b at 16k with 8192 batched tokens needs +51 % over "window only"
+    arch = CATALOG.get("gpt-oss-120b").architecture
+    per_layer_block = mem.kv_bytes_per_token(arch, 1, 2) // arch.num_hidden_layers * mem.BLOCK_SIZE
+    full, sliding = mem.layer_kinds(arch)
+    # SlidingWindowSpec.max_memory_usage_bytes: cdiv(min(128 - 1 + 8192, 16000), 16) + 1 = 521 blocks
+    expected = per_layer_block * (full * 1000 + sliding * 521)
+    assert mem.kv_bytes_per_request(arch, 1, 2, 16000, 8192, V19) == expected
+    window_only = per_layer_block * (full * 1000 + sliding * 9)
+    assert expected / window_only == pytest.approx(1.51, abs=0.01)
+    # 0.33 keeps two batches in flight under async scheduling: min(127 + 16384, 16000) -> the whole context
+    assert mem.kv_bytes_per_request(arch, 1, 2, 16000, 8192, V33) == per_layer_block * 1001 * sliding + (
+        per_layer_block * 1000 * full)
+
+
+def test_4_gemma_2_sliding_layers_hold_their_window_plus_a_batch() -> None:
+    arch = CATALOG.get("gemma-2-9b-it").architecture  # window 4096, every other layer
+    per_layer_block = mem.kv_bytes_per_token(arch, 1, 2) // arch.num_hidden_layers * mem.BLOCK_SIZE
+    full, sliding = mem.layer_kinds(arch)
+    blocks = -(-(4096 - 1 + 2048) // 16) + 1  # 385 (v1 counted 257)
+    assert mem.kv_bytes_per_request(arch, 1, 2, 8192, 2048, V19) == per_layer_block * (full * 512 + sliding * blocks)
+
+
+# 9. Hints and impossible pins.
+
+def test_9_an_h100_is_never_told_to_try_an_h100() -> None:
+    # held-out: "what would fit: ... (try --gpu H100-80GB)" printed for a plan on an H100
+    plan = plan_model(CATALOG.get("llama-3-70b-instruct"), H100, 1, PlanRequest(quantization="none"))
+    assert not plan.fits
+    advice = next(r for r in plan.reasons if r.startswith("what would fit"))
+    assert "--gpu H100-80GB" not in advice and "--gpu B200" in advice  # 131 GiB of bf16 weights: H200 is too small
+
+
+def test_9_fp8_pinned_on_a_t4_before_0_19_is_an_error_not_a_nonsense_plan() -> None:
+    # held-out: `--quantization fp8` on a T4 printed TP 8 and --max-num-seqs 1 with its reason twice, exit 0
+    spec = CATALOG.get("llama-3.1-8b-instruct")
+    with pytest.raises(PlanError, match="cannot run on T4 as pinned.*vLLM 0.11 needs sm80\\+ for fp8"):
+        plan_model(spec, T4, 8, PlanRequest(quantization="fp8", vllm_version=V11))
+    # from 0.19 vLLM runs FP8 weight-only (Marlin) on Turing with float16 activations
+    plan = plan_model(spec, T4, 2, PlanRequest(quantization="fp8", vllm_version=V19))
+    assert plan.fits and plan.dtype == "float16" and plan.tensor_parallel_size == 1
