@@ -3,6 +3,8 @@ configs/models.yaml; the vLLM behaviour cited in grace_hpc/vllm_version.py and t
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from grace_hpc.config.loader import PROJECT_ROOT, ConfigDir
@@ -122,3 +124,109 @@ def test_9_fp8_pinned_on_a_t4_before_0_19_is_an_error_not_a_nonsense_plan() -> N
     # from 0.19 vLLM runs FP8 weight-only (Marlin) on Turing with float16 activations
     plan = plan_model(spec, T4, 2, PlanRequest(quantization="fp8", vllm_version=V19))
     assert plan.fits and plan.dtype == "float16" and plan.tensor_parallel_size == 1
+
+
+# 5. Online quantization.
+
+def test_5_bitsandbytes_4bit_in_flight_needs_no_published_variant() -> None:
+    # held-out: `--quantization bitsandbytes` on Llama-3.1-8B was refused ("no 'bitsandbytes' weights")
+    spec = CATALOG.get("llama-3.1-8b-instruct")
+    plan = plan_model(spec, T4, 2, PlanRequest(quantization="bitsandbytes", vllm_version=V19))
+    assert plan.fits and plan.quantization_online and plan.weights_ref == spec.hf_id
+    assert _argv(plan)[_argv(plan).index("--quantization") + 1] == "bitsandbytes"
+    with pytest.raises(PlanError, match="no bitsandbytes"):  # gone from vLLM after 0.19
+        plan_model(spec, T4, 2, PlanRequest(quantization="bitsandbytes", vllm_version=V33))
+
+
+def test_5_prequantized_bitsandbytes_stays_on_one_gpu() -> None:
+    # bitsandbytes_loader.py: "Prequant BitsAndBytes models with tensor parallelism is not supported"
+    spec = CATALOG.get("llama-guard-3-8b")
+    plan = plan_model(spec, T4, 2, PlanRequest(quantization="bitsandbytes", max_model_len=4096, vllm_version=V19))
+    prequantized = [p for p in (plan,) if not p.quantization_online]
+    assert all(p.tensor_parallel_size == 1 for p in prequantized)
+
+
+def test_5_online_fp8_on_0_11_loads_the_16_bit_weights_first() -> None:
+    # held-out: DeepSeek-Coder-V2-Lite (31 GiB in bf16) with --quantization fp8 on an L4 OOMs loading on 0.11;
+    # 0.19 quantizes layer by layer
+    spec = CATALOG.get("deepseek-coder-v2-lite-instruct")
+    pinned = PlanRequest(quantization="fp8", tensor_parallel_size=1, max_model_len=8192)
+    old = plan_model(spec, L4, 1, replace(pinned, vllm_version=V11))
+    assert not old.fits and any("loads the bfloat16 weights first" in r for r in old.reasons)
+    new = plan_model(spec, L4, 1, replace(pinned, vllm_version=V19))
+    assert new.fits and new.quantization == "fp8"
+
+
+# 6. T4 on 0.11: FlexAttention.
+
+def test_6_gemma_2_on_a_t4_under_0_11_does_not_get_vllm_float32() -> None:
+    # held-out: Gemma-2 in float32 falls to FlexAttention on 0.11, which refuses its logit soft-capping
+    spec = CATALOG.get("gemma-2-2b-it")
+    old = plan_model(spec, T4, 1, PlanRequest(vllm_version=V11))
+    assert old.fits and old.engine == "llama.cpp" and any("FlexAttention" in r for r in old.reasons)
+    new = plan_model(spec, T4, 1, PlanRequest(vllm_version=V19))
+    assert new.fits and new.engine == "vllm" and new.dtype == "float32"
+
+
+def test_6_fp8_kv_cache_on_a_t4_under_0_11_is_refused() -> None:
+    spec = CATALOG.get("llama-3.2-1b-instruct")
+    with pytest.raises(PlanError, match="FlexAttention, which refuses a quantized KV cache"):
+        plan_model(spec, T4, 1, PlanRequest(kv_cache_dtype="fp8", vllm_version=V11))
+    assert plan_model(spec, T4, 1, PlanRequest(kv_cache_dtype="fp8", vllm_version=V19)).kv_cache_dtype == "fp8"
+
+
+# 7. MXFP4 padding per backend, after the TP split.
+
+def test_7_gpt_oss_20b_on_an_a100_loads_what_vllm_0_19_loaded() -> None:
+    # held-out: "Model loading took 13.72 GiB" (gpt-oss-20b, A100-80GB, vLLM 0.19.0; bench row
+    # gpt-oss-20b/A100-80GB/u0.65); v1 padded only the width to 256 and said 13.46
+    plan = plan_model(CATALOG.get("gpt-oss-20b"), get_gpu("A100-80GB"), 1, PlanRequest(vllm_version=V19))
+    assert plan.weights_gib_per_gpu == pytest.approx(13.72, rel=0.005)
+    # gpt-oss-120b at TP 2 on A100s: Marlin pads each rank's 1440 to 1536 (and 2880 to 3072): 2 GiB per GPU more
+    # than v1's width-only padding
+    arch = CATALOG.get("gpt-oss-120b").architecture
+    tp2 = plan_model(CATALOG.get("gpt-oss-120b"), get_gpu("A100-80GB"), 2,
+                     PlanRequest(tensor_parallel_size=2, vllm_version=V19))
+    v1 = mem.weights_bytes_per_gpu(arch, mem.weight_format("mxfp4", 2, expert_padding=3072 / 2880), 2, 2) / mem.GIB
+    assert tp2.weights_gib_per_gpu - v1 == pytest.approx(2.0, abs=0.2)
+
+
+# 8. CUDA graphs inside the KV budget from 0.21.
+
+def test_8_cuda_graphs_count_inside_the_budget_on_0_33_only() -> None:
+    spec = CATALOG.get("llama-3.1-8b-instruct")
+    pinned = PlanRequest(gpu_memory_utilization=0.9, max_model_len=8192)
+    old = plan_model(spec, L4, 1, replace(pinned, vllm_version=V19))
+    new = plan_model(spec, L4, 1, replace(pinned, vllm_version=V33))
+    graphs = mem.cudagraph_bytes(1) / mem.GIB
+    assert new.overhead_gib_per_gpu == pytest.approx(old.overhead_gib_per_gpu + graphs)
+    assert new.kv_cache_gib_per_gpu == pytest.approx(old.kv_cache_gib_per_gpu - graphs, abs=0.01)
+    # unpinned, the planner follows vLLM's startup advice: raise the utilization by the graphs' share
+    auto = plan_model(spec, L4, 1, PlanRequest(max_model_len=8192, vllm_version=V33))
+    assert auto.gpu_memory_utilization == 0.92 and any("CUDA graphs' share" in r for r in auto.reasons)
+
+
+# 10. llama.cpp: iSWA cache, QAT embeddings.
+
+def test_10_gemma_3_in_llama_cpp_keeps_only_the_window_on_sliding_layers() -> None:
+    # held-out: Gemma-3-12B's context was capped ~5x too low: every layer was charged the whole context
+    spec = CATALOG.get("gemma-3-12b-it")
+    plan = plan_model(spec, L4, 1, PlanRequest(engine="llama.cpp"))
+    n = plan.max_model_len
+    kv_token_layer = 2 * spec.architecture.num_key_value_heads * spec.architecture.head_dim * 2
+    # 8 global layers hold n tokens, 40 sliding layers 1024 + 512 (src/llama-kv-cache-iswa.cpp)
+    expected = kv_token_layer * (8 * n + 40 * min(n, 1024 + 512)) / mem.GIB
+    assert plan.fits and plan.kv_cache_gib_per_gpu == pytest.approx(expected, rel=1e-6)
+    assert n >= 65536
+
+
+def test_10_qat_ggufs_keep_f16_token_embeddings() -> None:
+    spec = CATALOG.get("gemma-3-4b-it")  # google/gemma-3-4b-it-qat-q4_0-gguf, tied embeddings
+    qat = plan_model(spec, L4, 1, PlanRequest(engine="llama.cpp", max_model_len=8192))
+    assert "qat" in qat.weights_ref
+    arch = spec.architecture
+    plain_output = arch.vocab_size * arch.hidden_size * 4.5 / 8 / mem.GIB
+    f16_output = arch.vocab_size * arch.hidden_size * 2 / mem.GIB
+    non_embed = (mem.total_parameters(arch) - arch.vocab_size * arch.hidden_size) * 4.5 / 8 / mem.GIB
+    assert qat.weights_gib_per_gpu == pytest.approx(non_embed + f16_output, rel=1e-6)
+    assert f16_output - plain_output > 0.85  # GiB that v1 missed

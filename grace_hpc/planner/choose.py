@@ -102,9 +102,10 @@ def _candidates(spec: ModelSpec, gpu: GPU, request: PlanRequest) -> list[Candida
         if v.method.value == "gguf":
             continue
         base.append(Candidate("vllm", v.method.value, _variant_ref(v), bits=v.bits, group_size=v.group_size))
-    if native is None and not is_gguf_weights(spec.weights) and request.vllm_version.has_bitsandbytes:
+    if native is None and not is_gguf_weights(spec.weights):
         # bitsandbytes NF4 in flight on the 16-bit checkpoint (bitsandbytes_loader.py quantize_4bit with
         # compress_statistics=True: double-quantized absmax): needs no published variant, splits under TP
+        # (check_quantization refuses it where the release has no bitsandbytes)
         base.append(Candidate("vllm", "bitsandbytes", ref, online=True, bits=4))
     for v in variants:
         if v.method.value == "gguf":
