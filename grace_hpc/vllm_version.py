@@ -105,10 +105,10 @@ class VllmVersion(str, Enum):
         for 8+ rows (topk_topp_sampler.py apply_top_k_top_p) and 0.33 FlashInfer by default
         (envs.py VLLM_USE_FLASHINFER_SAMPLER = True): logits and probabilities, ~14 B. The 0.11 figure is fitted:
         gpt-oss-120b on one H100 (vllm#23278 on 0.10.1, vllm#27508 on 0.11.0, 1024 rows x 201,088 logits) lost
-        7.4-7.5 GiB besides its weights in both logs, 37 B per logit with the forward and non-torch memory; the
+        7.4-7.5 GiB besides its weights in both logs, 38 B per logit with the forward and non-torch memory; the
         sort path's own tensors (float32 logits, sorted values, int64 indices, softmax, cumsum, mask, scatter)
         add up to about that."""
-        return 37 if self is VllmVersion.V0_11 else 14
+        return 38 if self is VllmVersion.V0_11 else 14
 
     @property
     def sliding_window_in_flight_batches(self) -> int:

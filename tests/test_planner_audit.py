@@ -198,7 +198,7 @@ def test_8_cuda_graphs_count_inside_the_budget_on_0_33_only() -> None:
     pinned = PlanRequest(gpu_memory_utilization=0.9, max_model_len=8192)
     old = plan_model(spec, L4, 1, replace(pinned, vllm_version=V19))
     new = plan_model(spec, L4, 1, replace(pinned, vllm_version=V33))
-    graphs = mem.cudagraph_bytes(1) / mem.GIB
+    graphs = mem.CUDA_GRAPHS_GIB
     assert new.overhead_gib_per_gpu == pytest.approx(old.overhead_gib_per_gpu + graphs)
     assert new.kv_cache_gib_per_gpu == pytest.approx(old.kv_cache_gib_per_gpu - graphs, abs=0.01)
     # unpinned, the planner follows vLLM's startup advice: raise the utilization by the graphs' share

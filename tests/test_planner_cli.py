@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -54,7 +55,53 @@ def test_plan_deployment_prints_one_row_per_server(tmp_path: Path) -> None:
         {"name": "big", "partition": "t4", "models": ["gpt-oss-120b"]},
     ]}
     (configs / "deployments" / "zoo.yaml").write_text(yaml.safe_dump(deployment))
-    rows = grace_json(tmp_path, "plan", "--deployment", "zoo")
+    proc = grace(tmp_path, "plan", "--deployment", "zoo", "--json")
+    rows = json.loads(proc.stdout)
+    assert proc.returncode == 2  # one server does not fit
     assert [(r["server"], r["fits"]) for r in rows] == [("zoo-h100", True), ("intent-t4", True), ("big", False)]
     table = grace(tmp_path, "plan", "--deployment", "zoo")
-    assert table.returncode == 0 and "zoo-h100" in table.stdout and "2/3 servers fit" in table.stdout
+    assert table.returncode == 2 and "zoo-h100" in table.stdout and "2/3 servers fit" in table.stdout
+
+
+def test_exit_codes_say_fits_does_not_fit_or_bad_input() -> None:
+    # issue 12: 0 a plan was found, 2 nothing fits (the --json document still says why), 1 bad input
+    assert grace(PROJECT_ROOT, "plan", "--model", "llama-3.2-1b-instruct", "--gpu", "L4").returncode == 0
+    proc = grace(PROJECT_ROOT, "plan", "--model", "gpt-oss-120b", "--gpu", "T4", "--json")
+    assert proc.returncode == 2
+    data = json.loads(proc.stdout)
+    assert data["fits"] is False and any(r.startswith("what would fit") for r in data["reasons"])
+    assert grace(PROJECT_ROOT, "plan", "--model", "gpt-oss-120b", "--gpu", "T4", "--vllm-version", "0.5").returncode == 1
+
+
+def test_an_impossible_quantization_pin_is_exit_1_not_a_plan() -> None:
+    # held-out (issue 12 #9): `--quantization fp8` on a T4 before 0.19 printed TP 8, --max-num-seqs 1, exit 0
+    proc = grace(PROJECT_ROOT, "plan", "--model", "llama-3.1-8b-instruct", "--gpu", "T4", "--quantization", "fp8",
+                 "--vllm-version", "0.11.2")
+    assert proc.returncode == 1 and proc.stdout == "" and "vLLM 0.11 needs sm80+ for fp8" in proc.stderr
+
+
+def test_gpu_count_defaults_to_the_cluster_s_nodes() -> None:
+    # held-out (issue 12 #9): a plan for 4 x T4 was offered although cluster.yaml's T4 nodes have 2
+    data = json.loads(grace(PROJECT_ROOT, "plan", "--model", "llama-3-70b-instruct", "--gpu", "T4", "--json").stdout)
+    assert data["tensor_parallel_size"] <= 2 and "2 x T4" in data["reasons"][0]
+
+
+def test_vllm_version_comes_from_cluster_yaml_unless_given(tmp_path: Path) -> None:
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    shutil.copy(PROJECT_ROOT / "configs" / "models.yaml", configs / "models.yaml")
+    cluster = yaml.safe_load((PROJECT_ROOT / "configs" / "cluster.yaml").read_text())
+    cluster["engines"] = {"vllm_version": "0.11.2"}
+    (configs / "cluster.yaml").write_text(yaml.safe_dump(cluster))
+    args = ("plan", "--model", "gemma-2-2b-it", "--gpu", "T4")
+    assert grace_json(tmp_path, *args)["engine"] == "llama.cpp"  # 0.11: FlexAttention refuses the soft-cap
+    newer = grace_json(tmp_path, *args, "--vllm-version", "0.19")
+    assert (newer["engine"], newer["vllm_version"], newer["dtype"]) == ("vllm", "0.19", "float32")
+
+
+def test_every_server_of_the_grace_deployment_says_why() -> None:
+    # issue 12: the "why" column was empty for plans that fit (`plan --deployment grace`, L4 TP 2)
+    for server in grace_json(PROJECT_ROOT, "plan", "--deployment", "grace"):
+        assert server["reasons"], server["server"]
+        for plan in server["plans"]:
+            assert any(f"TP {plan['tensor_parallel_size']}" in r for r in plan["reasons"]) or plan["engine"] != "vllm"

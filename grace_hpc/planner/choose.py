@@ -201,7 +201,7 @@ def plan_model(spec: ModelSpec, gpu: GPU, gpus_available: int, request: PlanRequ
         raise PlanError(problem)
     plan, tried, skipped = _walk(spec, gpu, gpus_available, request)
     if plan is not None:
-        return _with_reasons(plan, _knob_reasons(plan, spec, request, gpus_available))
+        return _then_reasons(plan, _knob_reasons(plan, spec, request, gpus_available))
     lever = _fp8_kv_lever(spec, gpu, gpus_available, request)
     if lever is not None:
         return lever
@@ -268,7 +268,7 @@ def _fp8_kv_lever(spec: ModelSpec, gpu: GPU, gpus_available: int, request: PlanR
     if plan is None or plan.engine != "vllm":
         return None
     why = "--kv-cache-dtype fp8: nothing fits with a 16-bit KV cache; fp8 halves the bytes per token"
-    return _with_reasons(plan, (why, *_knob_reasons(plan, spec, request, gpus_available)))
+    return _then_reasons(_with_reasons(plan, (why,)), _knob_reasons(plan, spec, request, gpus_available))
 
 
 def _knob_reasons(plan: Plan, spec: ModelSpec, request: PlanRequest, gpus_available: int) -> tuple[str, ...]:
@@ -310,6 +310,10 @@ def _gpu_counts(spec: ModelSpec, gpu: GPU, cand: Candidate, request: PlanRequest
 
 def _with_reasons(plan: Plan, extra: tuple[str, ...]) -> Plan:
     return replace(plan, reasons=tuple(dict.fromkeys(extra + plan.reasons)))  # in order, each once
+
+
+def _then_reasons(plan: Plan, extra: tuple[str, ...]) -> Plan:
+    return replace(plan, reasons=tuple(dict.fromkeys(plan.reasons + extra)))
 
 
 def _larger_gpu(spec: ModelSpec, gpu: GPU, closest: Plan | None) -> GPU | None:

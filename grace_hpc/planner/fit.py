@@ -110,13 +110,13 @@ def fit_vllm(spec: ModelSpec, gpu: GPU, cand: Candidate, tp: int, s: Settings) -
     default_tokens, default_seqs = vllm_batch_defaults(gpu, s.version)
     batched_tokens = s.max_num_batched_tokens or default_tokens
     seqs = s.max_num_seqs or default_seqs
-    overhead = mem.non_torch_bytes(tp) + (mem.cudagraph_bytes(tp) if s.version.cudagraphs_in_budget else 0.0)
+    overhead = mem.non_torch_bytes(tp) + (mem.CUDA_GRAPHS_GIB * GIB if s.version.cudagraphs_in_budget else 0.0)
     reasons: list[str] = []
     utilization = s.utilization
     if s.version.cudagraphs_in_budget and not s.utilization_pinned:
         # vLLM 0.21+ profiles the CUDA graphs inside the budget and, at startup, advises raising
         # --gpu-memory-utilization by their share to keep the KV cache of earlier releases (gpu_worker.py)
-        utilization = math.floor((s.utilization + mem.cudagraph_bytes(tp) / (gpu.memory_gib * GIB)) * 100) / 100
+        utilization = math.floor((s.utilization + mem.CUDA_GRAPHS_GIB * GIB / (gpu.memory_gib * GIB)) * 100) / 100
         reasons.append(f"--gpu-memory-utilization {utilization:g}: vLLM's {s.utilization:g} plus the CUDA graphs' "
                        f"share, which vLLM {s.version.value} counts inside the budget (its own startup advice)")
     budget = utilization * gpu.memory_gib * GIB
@@ -186,7 +186,7 @@ def fit_vllm(spec: ModelSpec, gpu: GPU, cand: Candidate, tp: int, s: Settings) -
     elif length < s.target_len:
         reasons.append(f"context capped at {length} tokens (model supports {s.target_len}): KV cache room")
     headroom = (1 - utilization) * gpu.memory_gib * GIB
-    outside = mem.outside_budget_bytes(tp, s.version)
+    outside = mem.outside_budget_bytes(s.version)
     if headroom < outside:
         reasons.append(
             f"only {headroom / GIB:.2f} GiB outside the utilization budget for the CUDA context"

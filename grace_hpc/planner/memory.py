@@ -37,7 +37,7 @@ __all__ = [
     "kv_bytes_per_request",
     "activation_bytes",
     "non_torch_bytes",
-    "cudagraph_bytes",
+    "CUDA_GRAPHS_GIB",
     "outside_budget_bytes",
     "mxfp4_backend",
     "mxfp4_expert_padding",
@@ -345,14 +345,12 @@ def non_torch_bytes(tp: int) -> float:
 
 
 CUDA_CONTEXT_GIB = 0.5  # CUDA context, cuBLAS/cuDNN handles: outside the budget in every release
+# Captured CUDA graphs per GPU. vLLM 0.21+ logs its estimate ("Estimated CUDA graph memory: X GiB total"): 0.67 GiB at
+# TP 4 (vllm#39610), 0.36 at TP 2 (gpustack/runner#251), 0.17 at TP 4 (club-3090#127); older releases log the capture
+# ("Graph capturing finished ... took 0.5-1.2 GiB"). It does not grow with the TP size.
+CUDA_GRAPHS_GIB = 0.5
 
 
-def cudagraph_bytes(tp: int) -> float:
-    """Captured CUDA graphs ("Graph capturing finished ... took 0.5-1.2 GiB" in vLLM logs; more under TP)."""
-    return (0.5 if tp == 1 else 0.9) * GIB
-
-
-def outside_budget_bytes(tp: int, version: VllmVersion) -> float:
+def outside_budget_bytes(version: VllmVersion) -> float:
     """What lives in the (1 - utilization) headroom: the CUDA context, and the CUDA graphs before 0.21."""
-    graphs = 0.0 if version.cudagraphs_in_budget else cudagraph_bytes(tp)
-    return CUDA_CONTEXT_GIB * GIB + graphs
+    return (CUDA_CONTEXT_GIB + (0.0 if version.cudagraphs_in_budget else CUDA_GRAPHS_GIB)) * GIB

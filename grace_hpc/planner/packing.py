@@ -100,7 +100,7 @@ def _pack(
             + ("give it its own server on a larger partition, or a quantized variant",),
         )
     needs = [_need_fraction(p, gpu, request.min_concurrency) for p in solo]
-    outside = sum(mem.outside_budget_bytes(p.tensor_parallel_size, request.vllm_version) for p in solo) / mem.GIB
+    outside = len(solo) * mem.outside_budget_bytes(request.vllm_version) / mem.GIB
     usable = 1.0 - outside / gpu.memory_gib - PACK_MARGIN
     shares = split_utilization(needs, usable)
     if shares is None:
@@ -119,7 +119,8 @@ def _pack(
             server=server.name, partition=partition.name, gpu=gpu.name, num_gpus=n, plans=tuple(solo), fits=False,
             reasons=(
                 f"{names} need {need_gib:.1f} GiB per GPU together (weights, activations, overheads, KV for "
-                f"{request.min_concurrency} request(s) each) plus {outside:.1f} GiB of CUDA contexts and graphs; "
+                f"{request.min_concurrency} request(s) each) plus {outside:.1f} GiB of CUDA contexts outside the "
+                "budgets; "
                 f"{gpu.name} has {gpu.memory_gib} GiB",
                 f"what would fit: move {biggest} to its own server, pin quantization (e.g. awq) or a shorter "
                 "max_model_len, or a partition with larger GPUs",
@@ -137,7 +138,8 @@ def _pack(
         server=server.name, partition=partition.name, gpu=gpu.name, num_gpus=n, plans=plans, fits=fits,
         reasons=(f"{len(plans)} models packed on {n} x {gpu.name}: memory shares (vLLM --gpu-memory-utilization) "
                  + " + ".join(f"{p.gpu_memory_utilization:g} ({p.model})" for p in plans)
-                 + f" = {sum(shares):.2f}, {outside:.1f} GiB left for CUDA contexts and graphs",)
+                 + f" = {sum(shares):.2f}, {outside:.1f} GiB left for CUDA contexts"
+                 + ("" if request.vllm_version.cudagraphs_in_budget else " and graphs"),)
         + tuple(r for p in plans for r in p.reasons if not p.fits),
     )
 
