@@ -59,7 +59,8 @@ def _size_logged(spec: ModelSpec, gpu: GPU, row: dict[str, Any]) -> Plan:
     version = VllmVersion.covering(row["vllm_version"])
     tokens, seqs = vllm_batch_defaults(gpu, version)
     settings = Settings(
-        dtype=dtype, kv_cache_dtype="auto", kv_elem_bytes=None, utilization=row["gpu_memory_utilization"], utilization_pinned=True,
+        dtype=dtype, kv_cache_dtype="auto", kv_elem_bytes=None, utilization=row["gpu_memory_utilization"],
+        utilization_pinned=True,
         max_num_seqs=row.get("max_num_seqs") or seqs, max_num_batched_tokens=row.get("max_num_batched_tokens") or tokens,
         min_len=row["max_model_len"], target_len=row["max_model_len"], min_concurrency=1, cpu_offload_gb=0,
         version=version,

@@ -16,7 +16,7 @@ from dataclasses import replace
 from grace_hpc.config.catalog import ModelSpec, QuantizedVariant
 from grace_hpc.errors import PlanError
 from grace_hpc.planner import memory as mem
-from grace_hpc.planner.fit import Candidate, Settings, fit_llamacpp, fit_vllm, fit_vllm_cpu
+from grace_hpc.planner.fit import Candidate, Settings, fit_llamacpp, fit_vllm, fit_vllm_cpu, vllm_batch_defaults
 from grace_hpc.planner.gpus import GPU, GPUS
 from grace_hpc.planner.plans import Plan, PlanRequest
 from grace_hpc.planner.precision import (
@@ -201,7 +201,7 @@ def plan_model(spec: ModelSpec, gpu: GPU, gpus_available: int, request: PlanRequ
         raise PlanError(problem)
     plan, tried, skipped = _walk(spec, gpu, gpus_available, request)
     if plan is not None:
-        return _then_reasons(plan, _knob_reasons(plan, spec, request, gpus_available))
+        return _then_reasons(plan, _knob_reasons(plan, spec, gpu, request, gpus_available))
     lever = _fp8_kv_lever(spec, gpu, gpus_available, request)
     if lever is not None:
         return lever
@@ -268,25 +268,30 @@ def _fp8_kv_lever(spec: ModelSpec, gpu: GPU, gpus_available: int, request: PlanR
     if plan is None or plan.engine != "vllm":
         return None
     why = "--kv-cache-dtype fp8: nothing fits with a 16-bit KV cache; fp8 halves the bytes per token"
-    return _then_reasons(_with_reasons(plan, (why,)), _knob_reasons(plan, spec, request, gpus_available))
+    return _then_reasons(_with_reasons(plan, (why,)), _knob_reasons(plan, spec, gpu, request, gpus_available))
 
 
-def _knob_reasons(plan: Plan, spec: ModelSpec, request: PlanRequest, gpus_available: int) -> tuple[str, ...]:
+def _knob_reasons(
+    plan: Plan, spec: ModelSpec, gpu: GPU, request: PlanRequest, gpus_available: int
+) -> tuple[str, ...]:
     """Why each chosen knob has its value (pinned ones say so), so no plan comes without an explanation."""
     if plan.engine != "vllm":
         return (f"-ngl {plan.gpu_layers}, {plan.max_num_seqs} slot(s) of {plan.max_model_len} tokens",)
-    weights = ("the checkpoint as published" if not plan.quantization else
+    weights = ("as published" if not plan.quantization else
                f"{plan.quantization} {'quantized at load' if plan.quantization_online else 'checkpoint'}")
     n = "pinned" if request.tensor_parallel_size or request.num_gpus else (
-        f"the fewest of {gpus_available} GPU(s) that hold it")
+        f"the fewest of {gpus_available} GPUs that hold it")
     ctx = "pinned" if request.max_model_len else (
-        "the model's full context" if plan.max_model_len == spec.context_length else "the most the KV cache holds")
-    util = "pinned" if request.gpu_memory_utilization else "vLLM's default (see above)"
-    seqs = "pinned" if request.max_num_seqs else "vLLM's default on this GPU, or lowered (see above)"
+        "the model's own" if plan.max_model_len == spec.context_length else "what the KV cache holds")
+    util = "pinned" if request.gpu_memory_utilization else (
+        f"vLLM's {DEFAULT_UTILIZATION:g} + the CUDA graphs' share, counted inside the budget from vLLM 0.21 "
+        "(its own startup advice)" if plan.gpu_memory_utilization > DEFAULT_UTILIZATION else "vLLM's default")
+    default_seqs = vllm_batch_defaults(gpu, request.vllm_version)[1]
+    seqs = "pinned" if request.max_num_seqs else "vLLM's default" if plan.max_num_seqs == default_seqs else "lowered"
     return (
-        f"vLLM {plan.vllm_version}: --dtype {plan.dtype}, weights {weights}; TP {plan.tensor_parallel_size}: {n}",
-        f"--max-model-len {plan.max_model_len}: {ctx}; --gpu-memory-utilization {plan.gpu_memory_utilization:g}: "
-        f"{util}; --max-num-seqs {plan.max_num_seqs}: {seqs}",
+        f"vLLM {plan.vllm_version}: {plan.dtype}, weights {weights}, TP {plan.tensor_parallel_size} ({n})",
+        f"context {plan.max_model_len} ({ctx}); --gpu-memory-utilization {plan.gpu_memory_utilization:g} ({util}); "
+        f"--max-num-seqs {plan.max_num_seqs} ({seqs})",
     )
 
 

@@ -116,9 +116,7 @@ def fit_vllm(spec: ModelSpec, gpu: GPU, cand: Candidate, tp: int, s: Settings) -
     if s.version.cudagraphs_in_budget and not s.utilization_pinned:
         # vLLM 0.21+ profiles the CUDA graphs inside the budget and, at startup, advises raising
         # --gpu-memory-utilization by their share to keep the KV cache of earlier releases (gpu_worker.py)
-        utilization = math.floor((s.utilization + mem.CUDA_GRAPHS_GIB * GIB / (gpu.memory_gib * GIB)) * 100) / 100
-        reasons.append(f"--gpu-memory-utilization {utilization:g}: vLLM's {s.utilization:g} plus the CUDA graphs' "
-                       f"share, which vLLM {s.version.value} counts inside the budget (its own startup advice)")
+        utilization = math.floor((s.utilization + mem.CUDA_GRAPHS_GIB / gpu.memory_gib) * 100) / 100
     budget = utilization * gpu.memory_gib * GIB
     elem = s.kv_elem_bytes or dtype_bytes
 
