@@ -230,3 +230,30 @@ def test_10_qat_ggufs_keep_f16_token_embeddings() -> None:
     non_embed = (mem.total_parameters(arch) - arch.vocab_size * arch.hidden_size) * 4.5 / 8 / mem.GIB
     assert qat.weights_gib_per_gpu == pytest.approx(non_embed + f16_output, rel=1e-6)
     assert f16_output - plain_output > 0.85  # GiB that v1 missed
+
+
+# Done means: `plan` never emits --cpu-offload-gb unless asked, nor a combination the targeted release refuses.
+
+@pytest.mark.parametrize("version", list(VllmVersion))
+def test_no_plan_emits_offload_or_a_combination_its_release_refuses(version: VllmVersion) -> None:
+    gpus = [get_gpu(n) for n in ("T4", "V100-32GB", "L4", "A100-40GB", "H100-80GB")]
+    for spec in CATALOG.models:
+        for gpu in gpus:
+            plan = plan_model(spec, gpu, 4, PlanRequest(vllm_version=version))
+            if plan.engine != "vllm":
+                continue
+            argv = _argv(plan)
+            flag = {argv[i]: argv[i + 1] for i in range(3, len(argv) - 1) if argv[i].startswith("--")}
+            where = (spec.name, gpu.name, version.value)
+            assert "--cpu-offload-gb" not in argv, where
+            assert not (flag.get("--dtype") == "bfloat16" and not gpu.bf16), where
+            if flag.get("--quantization") == "bitsandbytes":
+                assert version.has_bitsandbytes, where
+            if flag.get("--quantization") == "fp8":
+                assert gpu.sm >= version.weight_only_marlin_min_sm, where
+            if flag.get("--kv-cache-dtype", "auto") != "auto":
+                assert not (version.flex_attention_below_sm80 and gpu.sm < 80), where
+            if spec.architecture.model_type == "gemma2" and version.flex_attention_below_sm80:
+                assert gpu.sm >= 80, where
+            if "--max-num-batched-tokens" in flag:
+                assert int(flag["--max-num-batched-tokens"]) >= int(flag["--max-num-seqs"]), where

@@ -378,8 +378,8 @@ def _nothing_fits(
     engine = "llama.cpp" if gpu.is_cpu else "vllm"
     return Plan(
         fits=False, engine=engine, model=spec.name, weights_ref=spec.weights or spec.hf_id, gpu=gpu.name,
-        dtype=spec.architecture.torch_dtype, quantization=None, quantization_online=False, kv_cache_dtype="auto",
-        tensor_parallel_size=1, max_model_len=min(spec.context_length, DEFAULT_MIN_CONTEXT),
+        dtype=spec.architecture.torch_dtype if gpu.is_cpu else resolve_dtype(spec, gpu, None)[0], quantization=None,
+        quantization_online=False, kv_cache_dtype="auto", tensor_parallel_size=1, max_model_len=min(spec.context_length, DEFAULT_MIN_CONTEXT),
         gpu_memory_utilization=DEFAULT_UTILIZATION, max_num_seqs=request.min_concurrency,
         max_num_batched_tokens=None, cpu_offload_gb=0.0, weights_gib_per_gpu=0.0,
         activation_gib_per_gpu=0.0, overhead_gib_per_gpu=0.0, kv_cache_gib_per_gpu=0.0, kv_cache_tokens=0,

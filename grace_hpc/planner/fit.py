@@ -135,7 +135,8 @@ def fit_vllm(spec: ModelSpec, gpu: GPU, cand: Candidate, tp: int, s: Settings) -
         reasons.append(f"--max-num-seqs {SMALL_SEQS} instead of vLLM's {default_seqs} on {gpu.name}: "
                        "a smaller sampler profile leaves room for the KV cache")
     rendered_tokens = s.max_num_batched_tokens
-    if s.max_num_batched_tokens is None and batched_tokens > SMALL_BATCHED_TOKENS and short():
+    # (never below max_num_seqs: config/scheduler.py refuses max_num_batched_tokens < max_num_seqs)
+    if s.max_num_batched_tokens is None and batched_tokens > SMALL_BATCHED_TOKENS >= seqs and short():
         batched_tokens = rendered_tokens = SMALL_BATCHED_TOKENS
         reasons.append(f"--max-num-batched-tokens {SMALL_BATCHED_TOKENS} instead of vLLM's {default_tokens}: "
                        "a smaller profiled forward (and sliding-window reserve) leaves room for the KV cache")

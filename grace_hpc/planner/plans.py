@@ -39,6 +39,11 @@ class PlanRequest:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise PlanError(f"--{name.replace('_', '-')} must be at least 1 (got {value})")
+        if self.max_num_batched_tokens and self.max_num_seqs and self.max_num_batched_tokens < self.max_num_seqs:
+            raise PlanError(  # vllm/config/scheduler.py refuses it at start
+                f"--max-num-batched-tokens {self.max_num_batched_tokens} is below --max-num-seqs {self.max_num_seqs}; "
+                "vLLM refuses that"
+            )
         u = self.gpu_memory_utilization
         if u is not None and not 0 < u <= 1:
             raise PlanError(f"--gpu-memory-utilization must be in (0, 1] (got {u})")
