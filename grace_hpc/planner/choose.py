@@ -102,10 +102,11 @@ def _candidates(spec: ModelSpec, gpu: GPU, request: PlanRequest) -> list[Candida
         if v.method.value == "gguf":
             continue
         base.append(Candidate("vllm", v.method.value, _variant_ref(v), bits=v.bits, group_size=v.group_size))
-    if native is None and not is_gguf_weights(spec.weights):
+    wants_bnb = request.vllm_version.has_bitsandbytes or (request.quantization or "").lower() == "bitsandbytes"
+    if native is None and not is_gguf_weights(spec.weights) and wants_bnb:
         # bitsandbytes NF4 in flight on the 16-bit checkpoint (bitsandbytes_loader.py quantize_4bit with
         # compress_statistics=True: double-quantized absmax): needs no published variant, splits under TP
-        # (check_quantization refuses it where the release has no bitsandbytes)
+        # (pinned where the release has none, check_quantization says so)
         base.append(Candidate("vllm", "bitsandbytes", ref, online=True, bits=4))
     for v in variants:
         if v.method.value == "gguf":
@@ -379,7 +380,8 @@ def _nothing_fits(
     return Plan(
         fits=False, engine=engine, model=spec.name, weights_ref=spec.weights or spec.hf_id, gpu=gpu.name,
         dtype=spec.architecture.torch_dtype if gpu.is_cpu else resolve_dtype(spec, gpu, None)[0], quantization=None,
-        quantization_online=False, kv_cache_dtype="auto", tensor_parallel_size=1, max_model_len=min(spec.context_length, DEFAULT_MIN_CONTEXT),
+        quantization_online=False, kv_cache_dtype="auto", tensor_parallel_size=1,
+        max_model_len=min(spec.context_length, DEFAULT_MIN_CONTEXT),
         gpu_memory_utilization=DEFAULT_UTILIZATION, max_num_seqs=request.min_concurrency,
         max_num_batched_tokens=None, cpu_offload_gb=0.0, weights_gib_per_gpu=0.0,
         activation_gib_per_gpu=0.0, overhead_gib_per_gpu=0.0, kv_cache_gib_per_gpu=0.0, kv_cache_tokens=0,
