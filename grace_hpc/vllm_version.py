@@ -16,9 +16,13 @@ from enum import Enum
 
 from grace_hpc.errors import PlanError
 
-__all__ = ["VllmVersion", "DEFAULT_VLLM_VERSION"]
+__all__ = ["VllmVersion", "DEFAULT_VLLM_VERSION", "logged_release", "version_mismatch"]
 
 _RELEASE = re.compile(r"^v?(\d+)\.(\d+)(?:\.\d+)?(?:[.+-]?(?:dev|rc|post)?\w*)?$")
+# How a vLLM server names its release at startup: 0.11 entrypoints/openai/api_server.py "vLLM API server version
+# %s"; 0.19 entrypoints/utils.py log_version_and_model: "vLLM server version %s, serving model %s", or the logo
+# line "... version 0.19.0" (ANSI colour codes around the number when the log is coloured)
+_LOGGED = re.compile(r"(?:vLLM (?:API )?server version|\u2588\s+version)\s+(?:\x1b\[[0-9;]*m)*v?(\d+\.\d+[^\s\x1b,]*)")
 
 
 class VllmVersion(str, Enum):
@@ -149,3 +153,26 @@ class VllmVersion(str, Enum):
 
 
 DEFAULT_VLLM_VERSION = max(VllmVersion, key=lambda v: v.minor)
+
+
+def logged_release(log_text: str) -> str | None:
+    """The vLLM release a server's startup log names ("0.19.1"), or None when it names none."""
+    match = _LOGGED.search(log_text)
+    return match.group(1) if match else None
+
+
+def version_mismatch(targeted: VllmVersion, log_text: str) -> str | None:
+    """A warning when the job's real vLLM (from its startup log) is not the series the plan targeted, else None:
+    the plan's memory and flags assumed `targeted`'s rules."""
+    release = logged_release(log_text)
+    if release is None:
+        return None
+    try:
+        running = VllmVersion.parse(release)
+    except PlanError:
+        return (f"the job runs vLLM {release}, which grace-hpc has no rules for; the plan targeted "
+                f"{targeted.value} (set engines.vllm_version in cluster.yaml to the release the jobs run)")
+    if running is targeted:
+        return None
+    return (f"the job runs vLLM {release} but the plan targeted {targeted.value}: memory and flags may be off "
+            f"(set engines.vllm_version: \"{running.value}\" in cluster.yaml)")

@@ -77,7 +77,7 @@ def plan_deployment(cluster: Cluster, catalog: Catalog, deployment: Deployment) 
         except KeyError:
             known = ", ".join(p.name for p in cluster.partitions)
             raise ConfigError(f"server {server.name!r}: unknown partition {server.partition!r}; known: {known}") from None
-        plan = plan_server(server, partition, catalog)
+        plan = plan_server(server, partition, catalog, cluster.engines.vllm_version)
         if not plan.fits:
             problems.append(f"{server.name} on {partition.name}: " + "; ".join(plan.reasons))
             continue
