@@ -15,9 +15,17 @@ from dataclasses import replace
 
 from grace_hpc.config.catalog import ModelSpec, QuantizedVariant
 from grace_hpc.errors import PlanError
-from grace_hpc.planner import memory as mem
-from grace_hpc.planner.fit import Candidate, Settings, fit_llamacpp, fit_vllm, fit_vllm_cpu, vllm_batch_defaults
-from grace_hpc.planner.gpus import GPU, GPUS
+from grace_hpc.planner.advice import what_would_fit
+from grace_hpc.planner.fit import (
+    DEFAULT_UTILIZATION,
+    Candidate,
+    Settings,
+    fit_llamacpp,
+    fit_vllm,
+    fit_vllm_cpu,
+    vllm_batch_defaults,
+)
+from grace_hpc.planner.gpus import GPU
 from grace_hpc.planner.plans import Plan, PlanRequest
 from grace_hpc.planner.precision import (
     attention_notes,
@@ -26,14 +34,13 @@ from grace_hpc.planner.precision import (
     check_quantization,
     kv_cache_dtype_problem,
     normalize_dtype,
+    offload_problem,
     resolve_dtype,
 )
-from grace_hpc.vllm_version import VllmVersion
 
 __all__ = ["plan_model", "tp_sizes", "is_gguf_weights", "DEFAULT_MIN_CONTEXT", "DEFAULT_UTILIZATION"]
 
 DEFAULT_MIN_CONTEXT = 8192  # the shortest context the planner accepts unless --max-model-len pins one
-DEFAULT_UTILIZATION = 0.90  # vLLM's own default --gpu-memory-utilization
 _GGUF_TYPE = re.compile(r"(IQ\d_[A-Z]+|Q\d_K(?:_[SML])?|Q\d_\d|BF16|F16|F32)", re.IGNORECASE)
 
 
@@ -45,17 +52,6 @@ def is_gguf_weights(weights: str | None) -> bool:
 def _gguf_type(name: str) -> str:
     match = _GGUF_TYPE.search(name.rsplit("/", 1)[-1])
     return match.group(1).upper() if match else "F16"  # unknown: assume the largest common type
-
-
-def offload_problem(spec: ModelSpec, version: VllmVersion) -> str | None:
-    """Why `--cpu-offload-gb` cannot start `spec` under `version`: sliding-window hybrids have several KV-cache
-    groups, and 0.11/0.19 assert cpu_offload_gb == 0 for those (VllmVersion.hybrid_kv_refuses_cpu_offload)."""
-    full, sliding = mem.layer_kinds(spec.architecture)
-    if full and sliding and version.hybrid_kv_refuses_cpu_offload:
-        return (f"vLLM {version.value} refuses --cpu-offload-gb for {spec.name}: its sliding-window and full "
-                "attention layers make several KV-cache groups (gpu_model_runner.py: \"Cannot re-initialize the "
-                "input batch when CPU weight offloading is enabled\")")
-    return None
 
 
 def tp_sizes(spec: ModelSpec, gpus_available: int, group_size: int | None = None) -> list[int]:
@@ -322,49 +318,6 @@ def _then_reasons(plan: Plan, extra: tuple[str, ...]) -> Plan:
     return replace(plan, reasons=tuple(dict.fromkeys(plan.reasons + extra)))
 
 
-def _larger_gpu(spec: ModelSpec, gpu: GPU, closest: Plan | None) -> GPU | None:
-    """The smallest catalog GPU with more memory than `gpu` whose budget holds the closest miss on one GPU (the
-    largest such GPU when none does); with nothing sized (every format refused), the smallest larger sm80+ GPU.
-    None on the largest GPU or a CPU partition: never "try H100" on an H100."""
-    if gpu.is_cpu:
-        return None
-    larger = sorted((g for g in GPUS.values() if g.memory_gib > gpu.memory_gib), key=lambda g: g.memory_gib)
-    if closest is None:
-        larger = [g for g in larger if g.sm >= 80]
-        need = _native_weights_gib(spec) + 2.0  # + activations, overheads and some KV cache
-    else:
-        need = (closest.weights_gib_per_gpu * closest.tensor_parallel_size + closest.activation_gib_per_gpu
-                + closest.overhead_gib_per_gpu + closest.shortfall_gib / closest.tensor_parallel_size)
-    return next((g for g in larger if DEFAULT_UTILIZATION * g.memory_gib >= need), larger[-1] if larger else None)
-
-
-def _native_weights_gib(spec: ModelSpec) -> float:
-    """The published checkpoint's weights on one GPU (MXFP4 experts padded as Marlin pads them)."""
-    arch = spec.architecture
-    native = spec.native_quantization.value if spec.native_quantization else None
-    padding = mem.mxfp4_expert_padding(arch, 1, "marlin") if native == "mxfp4" else 1.0
-    fmt = mem.weight_format(native, 2, 8 if native == "fp8" else 16, None, padding)
-    return mem.weights_bytes_per_gpu(arch, fmt, 1, 2) / mem.GIB
-
-
-def _what_would_fit(spec: ModelSpec, gpu: GPU, request: PlanRequest, closest: Plan | None) -> str:
-    """Concrete alternatives: only GPUs larger than this one, and offload with its size and cost."""
-    larger = _larger_gpu(spec, gpu, closest)
-    options = [f"a partition with larger GPUs (try --gpu {larger.name})" if larger
-               else "more GPUs per node (a larger TP size)" if not gpu.is_cpu else "a partition with more RAM"]
-    options += ["a shorter --max-model-len", "a quantized variant in configs/models.yaml (AWQ/GPTQ 4-bit, or GGUF "
-                "for llama.cpp)", "routing this model's category to the cloud fallback"]
-    if closest is not None and closest.engine == "vllm" and closest.shortfall_gib > 0 and not gpu.is_cpu:
-        gib = -(-closest.shortfall_gib // 0.5) * 0.5
-        problem = offload_problem(spec, request.vllm_version)
-        options.append(
-            f"--cpu-offload-gb {gib:g} (not chosen unless pinned or allow_cpu_offload: {gib:g} GiB per GPU of "
-            f"pinned host RAM against --mem, streamed over PCIe on every step)" if problem is None
-            else f"not CPU offload: {problem}"
-        )
-    return "what would fit: " + "; ".join(options)
-
-
 def _nothing_fits(
     spec: ModelSpec, gpu: GPU, gpus: int, request: PlanRequest, tried: list[Plan], skipped: list[str]
 ) -> Plan:
@@ -372,7 +325,7 @@ def _nothing_fits(
     where = "host RAM" if gpu.is_cpu else f"{gpus} x {gpu.name}"
     closest = min(tried, key=lambda p: p.weights_gib_per_gpu + p.cpu_offload_gb) if tried else None
     head = f"{spec.name} does not fit on {where} with any configuration tried (vLLM {request.vllm_version.value})"
-    advice = _what_would_fit(spec, gpu, request, closest)
+    advice = what_would_fit(spec, gpu, request.vllm_version, closest)
     if closest is not None:
         return _with_reasons(closest, (head, *(r for r in skipped if r not in closest.reasons), advice))
     # nothing could even be tried (every format refused by the GPU, or no GGUF for a CPU partition)

@@ -15,9 +15,12 @@ from grace_hpc.planner.gpus import GPU
 from grace_hpc.planner.plans import Plan
 from grace_hpc.vllm_version import VllmVersion
 
-__all__ = ["Candidate", "Settings", "fit_vllm", "fit_vllm_cpu", "fit_llamacpp", "vllm_batch_defaults"]
+__all__ = [
+    "Candidate", "Settings", "fit_vllm", "fit_vllm_cpu", "fit_llamacpp", "vllm_batch_defaults", "DEFAULT_UTILIZATION",
+]
 
 GIB = mem.GIB
+DEFAULT_UTILIZATION = 0.90  # vLLM's own default --gpu-memory-utilization
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from grace_hpc.config.catalog import ModelSpec
 from grace_hpc.errors import PlanError
+from grace_hpc.planner import memory as mem
 from grace_hpc.planner.gpus import GPU
 from grace_hpc.vllm_version import VllmVersion
 
@@ -25,6 +26,7 @@ __all__ = [
     "kv_cache_dtype_problem",
     "attention_problem",
     "attention_notes",
+    "offload_problem",
     "SOFT_CAPPED",
 ]
 
@@ -190,3 +192,14 @@ def attention_notes(gpu: GPU) -> tuple[str, ...]:
     if gpu.is_cpu or gpu.sm >= 80:
         return ()
     return (f"no FlashAttention on {gpu.name} (sm{gpu.sm}): vLLM uses a slower attention backend",)
+
+
+def offload_problem(spec: ModelSpec, version: VllmVersion) -> str | None:
+    """Why `--cpu-offload-gb` cannot start `spec` under `version`: sliding-window hybrids have several KV-cache
+    groups, and 0.11/0.19 assert cpu_offload_gb == 0 for those (VllmVersion.hybrid_kv_refuses_cpu_offload)."""
+    full, sliding = mem.layer_kinds(spec.architecture)
+    if full and sliding and version.hybrid_kv_refuses_cpu_offload:
+        return (f"vLLM {version.value} refuses --cpu-offload-gb for {spec.name}: its sliding-window and full "
+                "attention layers make several KV-cache groups (gpu_model_runner.py: \"Cannot re-initialize the "
+                "input batch when CPU weight offloading is enabled\")")
+    return None
