@@ -276,8 +276,8 @@ def _knob_reasons(
         return (f"-ngl {plan.gpu_layers}, {plan.max_num_seqs} slot(s) of {plan.max_model_len} tokens",)
     weights = ("as published" if not plan.quantization else
                f"{plan.quantization} {'quantized at load' if plan.quantization_online else 'checkpoint'}")
-    n = "pinned" if request.tensor_parallel_size or request.num_gpus else (
-        f"the fewest of {gpus_available} GPUs that hold it")
+    n = ("pinned" if request.tensor_parallel_size else f"{request.num_gpus} GPU(s) asked for" if request.num_gpus
+         else f"the fewest of {gpus_available} GPUs that hold it")
     ctx = "pinned" if request.max_model_len else (
         "the model's own" if plan.max_model_len == spec.context_length else "what the KV cache holds")
     util = "pinned" if request.gpu_memory_utilization else (

@@ -62,7 +62,7 @@ QUANT_RULES: dict[str, QuantRule] = {
     # (VllmVersion.weight_only_marlin_min_sm); below sm89 vLLM warns "Your GPU does not have native support for
     # FP8 computation ... Weight-only FP8 compression will be used leveraging the Marlin kernel" (W8A16, float16
     # activations on Turing); real W8A8 FP8 GEMMs need sm89+ (Ada/Hopper).
-    "fp8": QuantRule(80, ("float16",), "FP8 runs weight-only (Marlin) below sm89"),
+    "fp8": QuantRule(80, ("float16",), "FP8 runs weight-only (Marlin) below sm89"),  # 80: 0.11's floor
     # quantization/awq.py AWQConfig: get_min_capability 75 ("only supports Turing or newer"), act dtypes [half];
     # on sm80+ vLLM converts AWQ checkpoints to awq_marlin, which also takes bf16.
     "awq": QuantRule(75, ("float16",), "AWQ kernels need sm75+ and float16 activations below sm80"),
@@ -120,9 +120,9 @@ def resolve_dtype(spec: ModelSpec, gpu: GPU, pinned: str | None) -> tuple[str, t
 
 
 def _min_sm(method: str, rule: QuantRule, version: VllmVersion) -> int:
-    """fp8's floor moves with the release; AWQ/GPTQ checkpoints keep theirs (awq.py 75, gptq.py 60), only the
-    kernel changes (awq_marlin/gptq_marlin on sm75 from 0.19)."""
-    return version.weight_only_marlin_min_sm if method == "fp8" else rule.min_sm
+    """fp8's floor (sm80 on 0.11) drops with the release; AWQ/GPTQ checkpoints keep theirs (awq.py 75, gptq.py 60),
+    only the kernel changes (awq_marlin/gptq_marlin on sm75 from 0.19)."""
+    return min(rule.min_sm, version.weight_only_marlin_min_sm) if method == "fp8" else rule.min_sm
 
 
 def check_quantization(method: str, gpu: GPU, dtype: str, version: VllmVersion) -> str | None:
