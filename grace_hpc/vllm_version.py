@@ -156,9 +156,10 @@ DEFAULT_VLLM_VERSION = max(VllmVersion, key=lambda v: v.minor)
 
 
 def logged_release(log_text: str) -> str | None:
-    """The vLLM release a server's startup log names ("0.19.1"), or None when it names none."""
-    match = _LOGGED.search(log_text)
-    return match.group(1) if match else None
+    """The vLLM release a server's startup log names ("0.19.1"; the last start when a requeued job appended
+    several), or None when it names none."""
+    releases = _LOGGED.findall(log_text)
+    return releases[-1] if releases else None
 
 
 def version_mismatch(targeted: VllmVersion, log_text: str) -> str | None:

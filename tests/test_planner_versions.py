@@ -46,3 +46,25 @@ def test_a_mismatch_between_the_plan_and_the_job_is_a_warning() -> None:
     assert warning and "runs vLLM 0.11.0 but the plan targeted 0.33" in warning and 'vllm_version: "0.11"' in warning
     unknown = version_mismatch(VllmVersion.V0_33, "vLLM API server version 0.21.0")
     assert unknown and "no rules for" in unknown
+
+
+def test_a_requeued_job_s_log_is_judged_by_its_last_start() -> None:
+    assert logged_release(LOG_011 + "\n...\n" + LOG_019_PLAIN) == "0.19.1"
+
+
+def test_launch_plans_with_cluster_yaml_s_version_and_hands_it_to_the_job() -> None:
+    # the job's supervisor compares it with the real `vllm` (version_mismatch on the engine log at readiness)
+    from grace_hpc.config.cluster import Cluster
+    from grace_hpc.config.deployment import Deployment
+    from grace_hpc.config.loader import PROJECT_ROOT, ConfigDir
+    from grace_hpc.launch.launcher import plan_deployment
+    from grace_hpc.launch.specs import model_launches
+
+    catalog = ConfigDir(PROJECT_ROOT / "configs").catalog()
+    cluster = Cluster.model_validate({"partitions": [{"name": "t4", "gpu": "T4", "gpus_per_node": 1}],
+                                      "engines": {"vllm_version": "0.11.2"}})
+    deployment = Deployment.model_validate({"name": "d", "servers": [
+        {"name": "s", "partition": "t4", "models": ["llama-3.2-1b-instruct"], "max_model_len": 4096}]})
+    [planned] = plan_deployment(cluster, catalog, deployment)
+    [launch] = model_launches(planned.server, planned.plan, catalog, cluster)
+    assert planned.plan.plans[0].vllm_version == "0.11" and launch.vllm_version == "0.11"

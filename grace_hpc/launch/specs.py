@@ -35,7 +35,7 @@ def model_launches(
                 model=spec.name, served_model_name=served, categories=server.categories, task=spec.task,
                 argv_template=tuple(argv + list(server.extra_args)), key_env=API_KEY_ENV[p.engine], engine=p.engine,
                 dtype=p.dtype, quantization=p.quantization, tensor_parallel_size=p.tensor_parallel_size,
-                max_model_len=p.max_model_len, max_num_seqs=p.max_num_seqs,
+                max_model_len=p.max_model_len, max_num_seqs=p.max_num_seqs, vllm_version=p.vllm_version,
             )
         )
     return tuple(launches)

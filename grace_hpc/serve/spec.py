@@ -23,6 +23,7 @@ class ModelLaunch:
     tensor_parallel_size: int
     max_model_len: int | None
     max_num_seqs: int | None
+    vllm_version: str | None = None  # the vLLM series the plan targeted (grace_hpc/vllm_version.py); None: llama.cpp
 
 
 @dataclass(frozen=True)

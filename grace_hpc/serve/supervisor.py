@@ -25,10 +25,11 @@ from grace_hpc.errors import EngineError, RegistryError
 from grace_hpc.registry.keys import new_api_key, write_key_file
 from grace_hpc.registry.records import EndpointRecord, EndpointState, PlanSummary
 from grace_hpc.registry.store import Registry
-from grace_hpc.serve.engine import EngineProcess
+from grace_hpc.serve.engine import EngineProcess, log_tail
 from grace_hpc.serve.readiness import probe
 from grace_hpc.serve.resolve import resolve_argv
 from grace_hpc.serve.spec import ModelLaunch, ServeSpec
+from grace_hpc.vllm_version import VllmVersion, version_mismatch
 
 #: After a SIGTERM, how long to wait for the USR2 that follows it on preemption (submitit sends both).
 REQUEUE_SIGNAL_WAIT_S = 2.0
@@ -158,6 +159,9 @@ class Supervisor:
                     self.registry.set_state(r.record.id, EndpointState.READY)
                     print(f"grace-hpc supervisor: {r.launch.model} ready at {r.record.base_url} "
                           f"after {time.time() - r.record.started_at:.1f}s", flush=True)
+                    if r.launch.vllm_version and (warning := version_mismatch(
+                            VllmVersion(r.launch.vllm_version), log_tail(r.engine.log_path, 1 << 20))):
+                        print(f"grace-hpc supervisor: WARNING {r.launch.model}: {warning}", flush=True)
                     pending.remove(r)
             if time.monotonic() > deadline:
                 names = ", ".join(r.launch.model for r in pending)
