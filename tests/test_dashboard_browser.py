@@ -15,10 +15,13 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support.browser import browser_paths, headless_chromium
+from grace_hpc.registry.store import Registry
+from grace_hpc.router import create_app, serve_in_thread
+from grace_hpc.router.dashboard import use_jobs
+from grace_hpc.router.dashboard_view import JobTable
+from tests.support.browser import Browser, browser_paths, headless_chromium
 from tests.support.cli import engine_pids, grace, wait_gone
-
-pytestmark = pytest.mark.engine
+from tests.support.router_env import record, routing
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = Path(os.environ.get("GRACE_TEST_ARTIFACTS", ROOT / "logs" / "test-artifacts"))
@@ -53,9 +56,16 @@ def route(project: Path) -> Iterator[str]:
         proc.communicate(timeout=30)
 
 
-def test_the_dashboard_shows_the_real_fleet_its_load_and_a_killed_engine_in_red(tiny_project, tmp_path):
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Browser]:
     if browser_paths() is None:
         pytest.skip("needs Debian's chromium and chromium-driver (tests/run-all.sh installs them as root)")
+    with headless_chromium(tmp_path / "chromium") as b:
+        yield b
+
+
+@pytest.mark.engine
+def test_the_dashboard_shows_the_real_fleet_its_load_and_a_killed_engine_in_red(tiny_project, browser):
     (tiny_project / "routing.yaml").write_text("categories:\n  - {name: default, models: [tiny]}\n"
                                                "connect_timeout_s: 1.0\n")
     launched = grace(tiny_project, "launch", "--deployment", "solo", "--wait", "--timeout", "120")
@@ -65,7 +75,7 @@ def test_the_dashboard_shows_the_real_fleet_its_load_and_a_killed_engine_in_red(
     engines = engine_pids(record["port"])
     key = Path(record["api_key_file"]).read_text().strip()  # the supervisor removes it when its engine dies
     try:
-        with route(tiny_project) as url, headless_chromium(tmp_path / "chromium") as browser:
+        with route(tiny_project) as url:
             browser.open(f"{url}/ui")
             browser.wait_for("return Number(document.body.dataset.refreshes) >= 1")
             row = browser.wait_for(cells(FLEET_ROW))
@@ -104,3 +114,39 @@ def test_the_dashboard_shows_the_real_fleet_its_load_and_a_killed_engine_in_red(
     finally:
         grace(tiny_project, "stop", "--deployment", "solo")
         assert wait_gone([record["pid"], *engines]) == []
+
+
+class SlurmDown:
+    def read(self, records: list) -> JobTable:
+        return JobTable(error="`squeue --states=all -h ...` exited 1: slurm_load_jobs error: Unable to contact "
+                              "slurm controller (connect failure)")
+
+
+def test_the_page_asks_for_the_key_and_says_what_is_down_instead_of_showing_old_data_as_true(tmp_path, browser):
+    registry = Registry(tmp_path / "registry.json")
+    registry.register(record("chat-1", "http://127.0.0.1:9/v1", "chat"))
+    app = create_app(routing({"categories": [{"name": "default", "models": ["chat"]}]}), registry, environ={},
+                     client_keys=frozenset({"sekrit-router-key"}), poll_interval_s=0.1)
+    use_jobs(app, SlurmDown())
+    with serve_in_thread(app) as url:
+        browser.open(f"{url}/ui/")
+        browser.wait_for("return !document.getElementById('key-form').hidden")
+        assert browser.run("return document.getElementById('live').textContent") == "key needed"
+        assert browser.run("return document.querySelectorAll('#fleet tbody tr').length") == 0
+        browser.run("document.getElementById('key').value = arguments[0];"
+                    "document.getElementById('key-form').requestSubmit();", "sekrit-router-key")
+        browser.wait_for("return document.querySelector('#fleet tr[data-endpoint=\"chat-1\"]')")
+        assert browser.run("return document.getElementById('key-form').hidden") is True
+        assert "sekrit-router-key" not in browser.run("return document.documentElement.outerHTML")
+        assert browser.run("return document.getElementById('key').value") == ""
+        banners = browser.run("return document.getElementById('banners').textContent")
+        assert "SLURM unavailable" in banners and "Unable to contact slurm controller" in banners
+
+        (tmp_path / "registry.json").write_text("{ torn")
+        browser.wait_for("return document.getElementById('banners').textContent.includes('Registry unavailable')")
+        assert browser.run("return document.querySelector('#fleet tr[data-endpoint=\"chat-1\"] .endpoint-state')"
+                           ".textContent") == "ready"  # the last good snapshot, under a banner saying so
+        browser.screenshot(ARTIFACTS / "dashboard-degraded.png")
+    browser.wait_for("return document.getElementById('live').textContent === 'router unreachable'")
+    assert browser.run("return document.body.classList.contains('stale')") is True
+    assert browser.run("return document.querySelectorAll('#fleet tbody tr').length") == 1  # kept, dimmed

@@ -35,6 +35,11 @@ function plan(p) {
   return parts.join(" · ");
 }
 
+function gpus(r) {
+  if (!r.gpu) return r.gpus ? String(r.gpus) : "";
+  return r.gpus ? r.gpus + " × " + r.gpu : r.gpu; // a CPU partition has 0 GPUs: show just "CPU"
+}
+
 function row(cells, severity, attrs) {
   const tr = el("tr", null, "sev-" + severity);
   for (const [key, value] of Object.entries(attrs || {})) tr.dataset[key] = value;
@@ -77,7 +82,7 @@ function drawFleet(fleet) {
     const health = r.healthy === null ? "" : (r.healthy ? "healthy" : "ejected");
     return row([
       cell(r.server || r.deployment || ""), cell(r.model), cell(r.partition || ""),
-      cell((r.gpus ? r.gpus + " × " : "") + (r.gpu || "")), cell(r.job_id || ""), cell(state, "state"),
+      cell(gpus(r)), cell(r.job_id || ""), cell(state, "state"),
       cell(r.node || ""), cell(r.endpoint_state, "endpoint-state"), cell(health, "health"),
       cell(duration(r.uptime_s), "num"), cell(duration(r.time_left_s), "num"), cell(plan(r.plan)),
       cell(r.flags.join("; "), "flags"),
@@ -110,6 +115,7 @@ function drawRouting(routing) {
   const share = routing.local_share;
   document.querySelector("#routing .summary").textContent = routing.requests + " requests, " +
     (share === null ? "none yet" : Math.round(share * 100) + "% local, " + Math.round(routing.cloud_share * 100) + "% cloud");
+  document.querySelector("#routing .share").classList.toggle("none", share === null);
   document.querySelector("#routing .share .local").style.width = (share === null ? 0 : share * 100) + "%";
   replaceBody("routing", routing.categories.map((c) => row([
     cell(c.name), cell(c.requests, "num requests"), cell(c.local, "num"), cell(c.cloud, "num"),
