@@ -5,18 +5,15 @@ from __future__ import annotations
 import pytest
 
 from grace_hpc.router.samples import BUCKET_S, LoadSamples, bin_value, latency_bin
+from tests.test_router_health_metrics import Clock
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
 
 
-def test_requests_errors_and_ejections_are_counted_per_endpoint_and_per_category():
-    clock = Clock()
+def test_requests_errors_and_ejections_are_counted_per_endpoint_and_per_category(clock):
     s = LoadSamples(clock)
     s.served("code", "e1", False, 200, 0.1)
     s.served("code", "e1", False, 502, 0.1)
@@ -34,8 +31,7 @@ def test_requests_errors_and_ejections_are_counted_per_endpoint_and_per_category
     assert (cat["math"].requests, cat["math"].cloud, cat["math"].errors) == (1, 1, 1)
 
 
-def test_percentiles_are_within_the_bins_precision():
-    clock = Clock()
+def test_percentiles_are_within_the_bins_precision(clock):
     s = LoadSamples(clock)
     for i in range(100):
         s.served("c", "e", False, 200, 0.010 if i < 90 else 1.0)  # 90 fast, 10 slow
@@ -47,8 +43,7 @@ def test_percentiles_are_within_the_bins_precision():
     assert latency_bin(0.0) == 0 and latency_bin(1e9) == latency_bin(1e10)  # clamped at both ends
 
 
-def test_the_rate_is_over_the_last_minute_including_the_current_bucket_and_buckets_run_oldest_first():
-    clock = Clock()
+def test_the_rate_is_over_the_last_minute_including_the_current_bucket_and_buckets_run_oldest_first(clock):
     s = LoadSamples(clock)
     for _ in range(7):  # ten requests every 10 s for 70 s
         for _ in range(10):
@@ -64,8 +59,7 @@ def test_the_rate_is_over_the_last_minute_including_the_current_bucket_and_bucke
     assert s.summaries(s.endpoints)["fresh"].requests_per_s > 0  # a first request shows at once
 
 
-def test_the_window_forgets_requests_older_than_15_minutes_and_reuses_its_buckets():
-    clock = Clock()
+def test_the_window_forgets_requests_older_than_15_minutes_and_reuses_its_buckets(clock):
     s = LoadSamples(clock)
     s.served("c", "e", False, 200, 0.01)
     clock.now += 890
@@ -79,8 +73,7 @@ def test_the_window_forgets_requests_older_than_15_minutes_and_reuses_its_bucket
     assert len(s.endpoints["e"].slots) == 90  # bounded, whatever the traffic
 
 
-def test_series_idle_for_a_whole_window_are_dropped_when_a_new_one_appears():
-    clock = Clock()
+def test_series_idle_for_a_whole_window_are_dropped_when_a_new_one_appears(clock):
     s = LoadSamples(clock)
     s.served("c", "old-endpoint", False, 200, 0.01)
     clock.now += 900
