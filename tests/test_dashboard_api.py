@@ -126,7 +126,7 @@ def test_each_section_has_its_own_url_and_the_api_needs_a_key_the_page_does_not(
             assert requests.get(url + bad, timeout=10).status_code == 404
 
 
-def test_the_page_uses_relative_urls_and_never_writes_markup(tmp_path):
+def test_the_page_uses_relative_urls_and_never_writes_markup():
     static = ROOT / "grace_hpc" / "router" / "static"
     text = "\n".join(p.read_text() for p in static.iterdir())
     assert "http://" not in text.replace("http://www.w3.org/2000/svg", "") and "https://" not in text
