@@ -1,5 +1,6 @@
-"""The dashboard in a real headless Chromium over the embedded fleet: a real llama.cpp server launched through the
-local executor, the real `grace-hpc route`, the page's own JavaScript polling the API."""
+"""The dashboard in a real headless Chromium, its own JavaScript polling the API: over the embedded fleet (a real
+llama.cpp server launched through the local executor, the real `grace-hpc route`), and over a keyed router whose
+SLURM, registry and finally itself go down. Screenshots go to logs/test-artifacts/ (or $GRACE_TEST_ARTIFACTS)."""
 
 from __future__ import annotations
 
