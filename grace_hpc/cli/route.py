@@ -29,6 +29,8 @@ def run(args: argparse.Namespace) -> int:
     from grace_hpc.registry.store import Registry
     from grace_hpc.router import create_app, run_router
     from grace_hpc.router.auth import client_keys, require_keys_off_loopback
+    from grace_hpc.router.dashboard import use_jobs
+    from grace_hpc.router.fleet_jobs import ManifestJobs
 
     config = config_dir(args)
     routing = config.routing(args.routing)
@@ -40,11 +42,13 @@ def run(args: argparse.Namespace) -> int:
     keys = client_keys(args.keys_file, os.environ)
     require_keys_off_loopback(args.host, keys)
     app = create_app(routing, registry, client_keys=keys, stale_after_s=cluster.stale_after_s)
+    use_jobs(app, ManifestJobs(config, cluster))  # the dashboard's fleet panel: manifests and SLURM
 
     def listening(url: str) -> None:
         if args.print_url:
             print(url, flush=True)
-        print(f"grace-hpc router on {url}/v1 (registry {registry.path}, routing {config.routing_path(args.routing)}, "
+        print(f"grace-hpc router on {url}/v1, dashboard {url}/ui/ (registry {registry.path}, "
+              f"routing {config.routing_path(args.routing)}, "
               f"{'client keys required' if keys else 'no client keys'})", file=sys.stderr, flush=True)
 
     run_router(app, args.host, args.port, on_listening=listening)

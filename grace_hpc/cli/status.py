@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import os
+import socket
 import time
+from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from grace_hpc.cli.common import add_common, config_dir, print_json
 from grace_hpc.cli.common import console as make_console
@@ -18,7 +22,33 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--router", metavar="URL", default=os.environ.get("GRACE_ROUTER_URL"),
                    help="also show the router's load and health per endpoint (default: $GRACE_ROUTER_URL; "
                         "key from $GRACE_ROUTER_KEY)")
+    p.add_argument("--web", action="store_true",
+                   help="print the router's dashboard URL (and the SSH tunnel to reach it from your laptop)")
     p.set_defaults(handler=run)
+
+
+@dataclass(frozen=True)
+class WebAccess:
+    url: str  # what to open in a browser
+    tunnel: str | None  # the ssh command to run on the laptop first; None when the browser can reach the router
+
+
+def web_access(router_url: str, *, this_host: str, user: str, over_ssh: bool, local_port: int | None = None
+               ) -> WebAccess:
+    """Where the dashboard of the router at `router_url` is. From a laptop, a router on a login or compute node is
+    reached through an SSH tunnel to the host `status` runs on; the URL is then the tunnel's local end."""
+    from grace_hpc.router.auth import is_loopback
+
+    parts = urlsplit(router_url)
+    host = parts.hostname or "127.0.0.1"
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    prefix = parts.path.rstrip("/").removesuffix("/v1")
+    if not over_ssh and is_loopback(host):
+        return WebAccess(f"{parts.scheme}://{parts.netloc}{prefix}/ui/", None)
+    local = local_port or port
+    target = f"[{host}]" if ":" in host else host
+    tunnel = f"ssh -N -L {local}:{target}:{port} {user}@{this_host}"
+    return WebAccess(f"http://127.0.0.1:{local}{prefix}/ui/", tunnel)
 
 
 def _fmt_age(seconds: float | None) -> str:
@@ -47,9 +77,27 @@ def _table(rows, summary_line):  # type: ignore[no-untyped-def]
     return table
 
 
+def _print_web(router_url: str | None, as_json: bool) -> int:
+    from grace_hpc.errors import GraceError
+
+    if not router_url:
+        raise GraceError("--web needs the router's URL: pass --router URL or set $GRACE_ROUTER_URL")
+    access = web_access(router_url, this_host=socket.getfqdn(), user=getpass.getuser(),
+                        over_ssh=bool(os.environ.get("SSH_CONNECTION")))
+    if as_json:
+        print_json({"url": access.url, "tunnel": access.tunnel})
+    elif access.tunnel:
+        print(f"on your laptop, run: {access.tunnel}\nthen open: {access.url}")
+    else:
+        print(access.url)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from grace_hpc.status import collect, router_view, rows_as_json
 
+    if args.web:
+        return _print_web(args.router, args.json)
     config = config_dir(args)
     cluster = config.cluster()
     console = make_console()

@@ -5,6 +5,8 @@
     upstream.py one relayed call with explicit timeouts; streaming with backpressure
     app.py      the aiohttp application and its handlers
     serve.py    run in the foreground or in a thread
+    samples.py  recent load per endpoint and category (a bounded ring, O(1) per request) for the dashboard
+    dashboard.py, dashboard_view.py, fleet_jobs.py, static/   the live page at /ui/ and its JSON API
 """
 
 from grace_hpc.router.app import create_app

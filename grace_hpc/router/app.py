@@ -26,9 +26,11 @@ from grace_hpc.errors import GraceError
 from grace_hpc.registry.records import EndpointRecord, EndpointState
 from grace_hpc.router import policy
 from grace_hpc.router.auth import UpstreamKeys, authorized
+from grace_hpc.router.dashboard import add_dashboard
 from grace_hpc.router.errors import error_response
 from grace_hpc.router.health import HealthBook
 from grace_hpc.router.metrics import Metrics
+from grace_hpc.router.samples import LoadSamples
 from grace_hpc.router.source import RegistrySource, Snapshot
 from grace_hpc.router.upstream import Relayed, Target, UpstreamFailure, relay
 
@@ -57,6 +59,7 @@ class RouterState:
     stale_after_s: float = 90.0
     wall_clock: Callable[[], float] = time.time  # heartbeats are unix times; `clock` is monotonic
     metrics: Metrics = field(default_factory=Metrics)
+    samples: LoadSamples = field(default_factory=lambda: LoadSamples(time.monotonic))  # the dashboard's 15 minutes
     upstream_keys: UpstreamKeys = field(default_factory=UpstreamKeys)
     records: list[EndpointRecord] = field(default_factory=list)
     known: frozenset[str] = frozenset()  # names a request may use, recomputed per snapshot
@@ -120,6 +123,7 @@ def create_app(
     app.router.add_get("/status", _status)
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/health", _health)
+    add_dashboard(app, state)
     return app
 
 
@@ -254,8 +258,11 @@ async def _proxy(request: web.Request) -> web.StreamResponse:
         except UpstreamFailure as exc:
             failures.append(exc)
             eject_after = 1 if exc.http_status is None else CONSECUTIVE_5XX_TO_EJECT
+            if endpoint_id:
+                state.samples.failed(endpoint_id)
             if endpoint_id and state.health.failed(endpoint_id, str(exc), eject_after):
                 state.metrics.ejection(endpoint_id)
+                state.samples.ejected(endpoint_id)
                 log.warning("ejected %s: %s", endpoint_id, exc)
             continue
         finally:
@@ -296,6 +303,7 @@ def _account(
         if relayed.broke_mid_stream:
             if state.health.failed(endpoint_id, relayed.broke_mid_stream):
                 state.metrics.ejection(endpoint_id)
+                state.samples.ejected(endpoint_id)
         else:
             state.health.succeeded(endpoint_id)
     reason = None
@@ -308,10 +316,13 @@ def _account(
     if reason:
         state.metrics.fallback(route.category.name, reason, served_by)
     state.metrics.usage(served_by, relayed.usage)
-    state.metrics.request(path, route.category.name, served_by, relayed.status, time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    state.metrics.request(path, route.category.name, served_by, relayed.status, seconds)
+    state.samples.served(route.category.name, served_by, endpoint_id is None, relayed.status, seconds)
 
 
 def _nothing_served(state: RouterState, route: policy.Route, failures: list[UpstreamFailure]) -> web.Response:
+    state.samples.unserved(route.category.name)
     if failures:
         status = 504 if failures[-1].timeout else 502
         state.metrics.error("upstream", status)
