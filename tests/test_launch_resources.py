@@ -56,14 +56,25 @@ def test_extra_directives_are_parsed_or_refused():
         parse_directive("reservation llm")
 
 
-def test_sbatch_script_matches_its_golden_file_and_quotes_hostile_values():
+def test_sbatch_script_matches_its_golden_file_and_writes_values_as_sbatch_reads_them():
     p = Partition(name="t4", gpu="T4", gpus_per_node=2, cpus_per_gpu=4, mem_per_gpu_gb=16, max_time="04:00:00",
-                  account="a'; echo pwned", constraint="has space", extra_directives=("--reservation=r $(id)",))
+                  account="a'; echo pwned", constraint="has space",
+                  extra_directives=('--reservation=r $(id) "q" \\ # not a comment',))
     res = job_resources(p, job_name="grace-demo-x", num_gpus=1)
     text = render_sbatch(res, ["python3", "-m", "grace_hpc", "serve", "--config-dir", "/shared/my configs",
                                "--deployment", "demo", "--server", "x"],
                          log_dir="/shared/logs/demo", setup=("module load cuda/12.4",))
     golden = GOLDEN / "server_t4.sbatch"
     assert text == golden.read_text()
-    assert "--account='a'\"'\"'; echo pwned'" in text
+    # sbatch reads directives itself (src/sbatch/opt.c get_argument): double quotes, backslash escapes, no shell
+    assert '#SBATCH --account="a\'; echo pwned"' in text
+    assert '#SBATCH --reservation="r $(id) \\"q\\" \\\\ # not a comment"' in text
+    # the command line is for bash: shell-quoted
     assert "exec python3 -m grace_hpc serve --config-dir '/shared/my configs'" in text
+
+
+@pytest.mark.parametrize("value", ["two\nlines", "tab\there"])
+def test_a_value_sbatch_cannot_read_back_is_refused(value):
+    p = Partition(name="t4", gpu="T4", gpus_per_node=2, constraint=value)
+    with pytest.raises(ConfigError, match="control character"):
+        render_sbatch(job_resources(p, job_name="j", num_gpus=1), ["true"], log_dir="/l")
