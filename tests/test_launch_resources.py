@@ -11,7 +11,7 @@ from grace_hpc.launch.resources import (
     parse_directive,
     render_sbatch,
     slurm_time_minutes,
-    submitit_parameters,
+    slurm_parameters,
 )
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -36,17 +36,29 @@ def test_resources_scale_cpus_and_memory_with_gpus_and_type_the_gres():
                   mem_per_gpu_gb=60, max_time="2-00:00:00", account="lab", qos="high")
     res = job_resources(p, job_name="grace-x-y", num_gpus=2)
     assert (res.gres, res.cpus_per_task, res.mem_gb, res.time_min) == ("gpu:a100_40g:2", 16, 120, 2880)
-    params = submitit_parameters(res)
-    assert params["slurm_gres"] == "gpu:a100_40g:2"
-    assert params["slurm_account"] == "lab" and params["slurm_qos"] == "high"
-    assert params["slurm_additional_parameters"] == {"requeue": True}
-    assert params["slurm_signal_delay_s"] == 120
+    params = slurm_parameters(res)
+    assert params["gres"] == "gpu:a100_40g:2"
+    assert params["account"] == "lab" and params["qos"] == "high"
+    assert params["additional_parameters"] == {"requeue": True}
+    assert params["signal_delay_s"] == 120
 
 
 def test_cpu_partition_asks_for_no_gres():
     p = Partition(name="cpu", gpu="CPU", gpus_per_node=0, cpus_per_gpu=2, mem_per_gpu_gb=4)
     res = job_resources(p, job_name="j", num_gpus=0)
-    assert res.gres is None and res.cpus_per_task == 2 and "slurm_gres" not in submitit_parameters(res)
+    assert res.gres is None and res.cpus_per_task == 2 and "gres" not in slurm_parameters(res)
+
+
+def test_extra_directives_reach_submitit_flags_included():
+    p = Partition(name="t4", gpu="T4", gpus_per_node=2, extra_directives=("--reservation=llm", "--exclusive"))
+    extra = slurm_parameters(job_resources(p, job_name="j", num_gpus=1))["additional_parameters"]
+    assert extra == {"requeue": True, "reservation": "llm", "exclusive": True}  # submitit: `#SBATCH --exclusive`
+
+
+def test_a_backslash_submitit_would_garble_is_refused_with_the_way_out():
+    p = Partition(name="t4", gpu="T4", gpus_per_node=2, constraint="a\\b")
+    with pytest.raises(ConfigError, match="emit-sbatch"):
+        slurm_parameters(job_resources(p, job_name="j", num_gpus=1))
 
 
 def test_extra_directives_are_parsed_or_refused():

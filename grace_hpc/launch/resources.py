@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from grace_hpc.config.cluster import Partition
 from grace_hpc.errors import ConfigError
-from grace_hpc.slurm.directives import directive
+from grace_hpc.slurm.directives import directive, directive_value
 
 _TIME = re.compile(r"^(?:(?P<d>\d+)-)?(?P<a>\d+)(?::(?P<b>\d+))?(?::(?P<c>\d+))?$")
 
@@ -71,24 +71,36 @@ def job_resources(
     )
 
 
-def submitit_parameters(res: JobResources, setup: tuple[str, ...] = ()) -> dict[str, object]:
-    """Parameters for `submitit.AutoExecutor.update_parameters` (slurm side; local ignores slurm_*)."""
+def _check_submittable(name: str, value: str) -> None:
+    """submitit shell-quotes #SBATCH values (`'...'`), which sbatch reads right except for a backslash, which it
+    takes as an escape inside quotes too; a control character breaks any #SBATCH line."""
+    directive_value(name, value)
+    if "\\" in value:
+        raise ConfigError(f"SLURM option --{name}={value!r}: submitit cannot pass a backslash to sbatch; "
+                          "submit the script of `launch --emit-sbatch` instead")
+
+
+def slurm_parameters(res: JobResources, setup: tuple[str, ...] = ()) -> dict[str, object]:
+    """Parameters for `submitit.SlurmExecutor.update_parameters`, in its own names (sbatch's, `_` for `-`)."""
     params: dict[str, object] = {
-        "name": res.job_name,
-        "slurm_partition": res.partition,
+        "job_name": res.job_name,
+        "partition": res.partition,
         "cpus_per_task": res.cpus_per_task,
-        "slurm_mem": f"{res.mem_gb}G",
-        "timeout_min": res.time_min,
-        "slurm_signal_delay_s": SIGNAL_DELAY_S,
-        "slurm_additional_parameters": {"requeue": True, **{k: v for k, v in res.extra if v is not None}},
+        "mem": f"{res.mem_gb}G",
+        "time": res.time_min,
+        "signal_delay_s": SIGNAL_DELAY_S,
+        # a flag (`--exclusive`) is True: submitit writes `#SBATCH --exclusive`
+        "additional_parameters": {"requeue": True, **{k: True if v is None else v for k, v in res.extra}},
     }
-    if res.gres:
-        params["slurm_gres"] = res.gres
-    for key, value in (("slurm_account", res.account), ("slurm_qos", res.qos), ("slurm_constraint", res.constraint)):
+    for key, value in (("gres", res.gres), ("account", res.account), ("qos", res.qos),
+                       ("constraint", res.constraint)):
         if value:
             params[key] = value
+    for key, value in [*params.items(), *dict(res.extra).items()]:
+        if isinstance(value, str):
+            _check_submittable(key, value)
     if setup:
-        params["slurm_setup"] = list(setup)
+        params["setup"] = list(setup)
     return params
 
 

@@ -66,7 +66,7 @@ def serve_spec(
         log_dir=str(logs),
         keys_dir=str(Path(registry_path).parent / "keys"),
         heartbeat_s=cluster.heartbeat_s,
-        bind_host="127.0.0.1" if local else "0.0.0.0",  # noqa: S104 - cluster nodes serve the login node
+        bind_host="127.0.0.1" if local else "0.0.0.0",  # cluster nodes serve the login node
         advertise_host="127.0.0.1" if local else None,
         env=env,
     )
