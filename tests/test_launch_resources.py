@@ -1,5 +1,6 @@
-"""What a server job asks SLURM for, rendered two ways, with hostile values quoted."""
+"""What a server job asks SLURM for, rendered two ways, with hostile values written so that sbatch reads them back."""
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -90,3 +91,22 @@ def test_a_value_sbatch_cannot_read_back_is_refused(value):
     p = Partition(name="t4", gpu="T4", gpus_per_node=2, constraint=value)
     with pytest.raises(ConfigError, match="control character"):
         render_sbatch(job_resources(p, job_name="j", num_gpus=1), ["true"], log_dir="/l")
+
+
+@pytest.mark.slurm
+def test_sbatch_reads_values_with_spaces_quotes_backslashes_and_hashes_as_written(slurm_cluster, tmp_path):
+    comment = 'has space "q" \\ # not a comment'
+    name = "grace-it's a name"
+    partition = Partition(name="t4", gpu="T4", gpus_per_node=2, cpus_per_gpu=1, mem_per_gpu_gb=1,
+                          extra_directives=(f"--comment={comment}",))
+    script = tmp_path / "job.sbatch"
+    script.write_text(render_sbatch(job_resources(partition, job_name=name, num_gpus=1), ["sleep", "60"],
+                                    log_dir=str(tmp_path)))
+    job_id = subprocess.run(["sbatch", "--parsable", "--hold", str(script)], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    try:
+        seen = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%j|%k"], capture_output=True, text=True,
+                              check=True).stdout.rstrip("\n")
+        assert seen == f"{name}|{comment}"
+    finally:
+        subprocess.run(["scancel", job_id], check=True)

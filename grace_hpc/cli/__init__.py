@@ -20,6 +20,7 @@ from grace_hpc.errors import GraceError
 SUBCOMMANDS = (
     "models",
     "plan",
+    "pull",
     "launch",
     "serve",
     "stop",

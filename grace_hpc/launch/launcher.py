@@ -24,6 +24,7 @@ from grace_hpc.launch.manifest import Manifest, Submitted, is_alive, job_states_
 from grace_hpc.launch.resources import JobResources, job_resources, slurm_parameters
 from grace_hpc.launch.specs import serve_spec
 from grace_hpc.launch.stopping import stop_rows
+from grace_hpc.launch.weights import check_weights
 from grace_hpc.planner import ServerPlan, plan_server
 from grace_hpc.registry.store import Registry
 from grace_hpc.serve.spec import ServeSpec
@@ -184,6 +185,8 @@ def launch(
                                                                   render_only=True))
                     if kind == "slurm" else "(local executor: no script)" for ps in planned}
         return LaunchResult(planned, [], [], specs, previews, {}, registry)
+    check_weights(((p.model, p.weights_ref) for ps in planned for p in ps.plan.plans),
+                  config.resolve(cluster.paths.hf_cache) if cluster.paths.hf_cache else None)
     running = already_running(manifest, deployment)
     wanted = {(ps.server.name, replica) for ps in planned for replica in range(ps.server.replicas)}
     kept = [row for key, row in running.items() if key in wanted]
