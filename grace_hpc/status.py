@@ -14,7 +14,8 @@ import requests
 from grace_hpc.config.cluster import Cluster
 from grace_hpc.config.loader import ConfigDir
 from grace_hpc.errors import SchedulerError, UpstreamError
-from grace_hpc.launch.manifest import ENDED_STATES, LOCAL_ENDED, Manifest, Submitted, job_states_of
+from grace_hpc.launch.launcher import all_manifests
+from grace_hpc.launch.manifest import ENDED_STATES, LOCAL_ENDED, Submitted, job_states_of
 from grace_hpc.registry.keys import read_key_file
 from grace_hpc.registry.records import EndpointRecord, EndpointState
 from grace_hpc.registry.store import Registry
@@ -129,8 +130,7 @@ def collect(
 ) -> tuple[list[StatusRow], str]:
     registry = Registry.from_cluster(cluster, config)
     records = registry.list()
-    logs = config.resolve(cluster.paths.logs)
-    jobs = [j for m in sorted(logs.glob("*/jobs.json")) for j in Manifest(m, cluster.lock_mode).read()]
+    jobs = [j for m in all_manifests(config, cluster) for j in m.read()]
     ids = {j.job_id for j in jobs} | {r.job_id for r in records if r.job_id}
     scheduler_problem = ""
     try:

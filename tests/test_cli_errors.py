@@ -29,12 +29,12 @@ def test_an_out_of_range_number_is_a_usage_error_naming_the_option(tmp_path, arg
 
 def test_a_reader_that_stops_early_is_not_an_error(tmp_path):
     """`grace-hpc models --json | head -1`: the pipe closes before the catalog is written."""
-    proc = subprocess.Popen([sys.executable, "-m", "grace_hpc", "models", "--json", "--config-dir",
-                             str(ROOT / "configs")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
-    assert proc.stdout is not None and proc.stderr is not None
-    proc.stdout.close()  # before the child has written anything: its first write meets a closed pipe
-    stderr = proc.stderr.read().decode()
-    assert proc.wait(timeout=60) == 141
+    with subprocess.Popen([sys.executable, "-m", "grace_hpc", "models", "--json", "--config-dir",
+                           str(ROOT / "configs")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.close()  # before the child has written anything: its first write meets a closed pipe
+        stderr = proc.stderr.read().decode()
+        assert proc.wait(timeout=60) == 141
     assert stderr == ""
 
 

@@ -11,8 +11,8 @@ from grace_hpc.launch.resources import (
     job_resources,
     parse_directive,
     render_sbatch,
-    slurm_time_minutes,
     slurm_parameters,
+    slurm_time_minutes,
 )
 
 GOLDEN = Path(__file__).parent / "golden"

@@ -60,7 +60,7 @@ def test_launch_with_a_checkpoint_missing_from_the_shared_cache_fails_in_one_lin
     models["models"].append(hub_model)
     (conf / "models.yaml").write_text(yaml.safe_dump(models))
     (conf / "deployments" / "hub.yaml").write_text(
-        "name: hub\nexecutor: local\nservers:\n  - {name: s, partition: cpu, models: [tiny-hub], engine: vllm, "
+        "name: hub\nexecutor: local\nservers:\n  - {name: s, partition: t4, models: [tiny-hub], engine: vllm, "
         "max_model_len: 1024}\n")
     proc = grace(tiny_project, "launch", "--deployment", "hub")
     assert proc.returncode == 1

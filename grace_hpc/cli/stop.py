@@ -20,8 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from grace_hpc.errors import ConfigError
-    from grace_hpc.launch.launcher import manifest_of
-    from grace_hpc.launch.manifest import Manifest
+    from grace_hpc.launch.launcher import all_manifests, manifest_of
     from grace_hpc.launch.stopping import stop_jobs
     from grace_hpc.registry.store import Registry
 
@@ -30,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     config = config_dir(args)
     cluster = config.cluster()
     manifests = ([manifest_of(config, cluster, config.deployment(args.deployment).name)] if args.deployment
-                 else [Manifest(p, cluster.lock_mode) for p in sorted(config.resolve(cluster.paths.logs).glob("*/jobs.json"))])
+                 else all_manifests(config, cluster))
     stopped = stop_jobs(Registry.from_cluster(cluster, config), manifests, args.only, args.timeout)
     if args.json:
         print_json([asdict(s) for s in stopped])

@@ -93,12 +93,17 @@ def format_validation_error(source: str, exc: ValidationError, data: Any, cls: t
         problems.append(text)
         if meant:
             explained.add((*loc[:-1], meant))
+    nested = {tuple(e["loc"])[:i] for e in errors for i in range(len(e["loc"]))}
     for e in errors:
         loc = tuple(e["loc"])
         if e["type"] == "extra_forbidden" or (e["type"] == "missing" and loc in explained):
             continue
+        if e["type"] == "too_short" and loc in nested:  # "at least 1 item": only because its items were invalid
+            continue
         msg = e["msg"].removeprefix("Value error, ")
-        got = "" if e["type"] == "missing" or "(got" in msg else f" (got {e.get('input')!r})"
+        value = repr(e.get("input"))
+        value = value if len(value) <= 80 else value[:77] + "..."
+        got = "" if e["type"] == "missing" or "(got" in msg else f" (got {value})"
         problems.append(f"{_where(loc, data)}: {msg}{got}")
     return f"{source}: " + "; ".join(problems)
 

@@ -87,6 +87,11 @@ def manifest_of(config: ConfigDir, cluster: Cluster, deployment: str) -> Manifes
     return Manifest(manifest_path(config, cluster, deployment), cluster.lock_mode)
 
 
+def all_manifests(config: ConfigDir, cluster: Cluster) -> list[Manifest]:
+    """The manifest of every deployment launched from this project."""
+    return [Manifest(p, cluster.lock_mode) for p in sorted(config.resolve(cluster.paths.logs).glob("*/jobs.json"))]
+
+
 @contextmanager
 def detached_stdio(log: Path) -> Iterator[None]:
     """Local jobs outlive `launch`: their controller must not inherit our stdout/stderr (a caller reading our
