@@ -13,14 +13,12 @@ import requests
 
 from grace_hpc.config.cluster import Cluster
 from grace_hpc.config.loader import ConfigDir
-from grace_hpc.errors import UpstreamError
-from grace_hpc.launch.launcher import Submitted, read_manifest
+from grace_hpc.errors import SchedulerError, UpstreamError
+from grace_hpc.launch.launcher import all_manifests
+from grace_hpc.launch.manifest import ENDED_STATES, LOCAL_ENDED, Submitted, job_states_of
 from grace_hpc.registry.keys import read_key_file
 from grace_hpc.registry.records import EndpointRecord, EndpointState
 from grace_hpc.registry.store import Registry
-from grace_hpc.slurm.queue import FINISHED, job_states
-
-TERMINAL = {s.value for s in FINISHED} | {"ENDED"}  # ENDED: a local-executor job whose controller is gone
 
 
 @dataclass(frozen=True)
@@ -65,7 +63,7 @@ def build_rows(
             flags.append(f"stale: no heartbeat for {age:.0f}s")
         if reachable.get(r.id) is False:
             flags.append("unreachable")
-        if state in TERMINAL:
+        if state in ENDED_STATES:
             flags.append(f"job {state.lower()} but still registered: run `grace-hpc registry reap`")
         seen_by_router = (router or {}).get(r.id, {})
         if seen_by_router.get("healthy") is False:
@@ -81,9 +79,9 @@ def build_rows(
         if j.job_id in registered_jobs:
             continue
         state, reason, node = job_info.get(j.job_id, ("UNKNOWN", None, None))
-        if state in TERMINAL and state != "ENDED":
+        if state in ENDED_STATES and state != LOCAL_ENDED:
             flags: tuple[str, ...] = (f"job {state.lower()}: see logs/{j.deployment}/",)
-        elif state in TERMINAL:
+        elif state in ENDED_STATES:
             continue  # a local job that ended cleanly: nothing to show
         else:
             flags = ()
@@ -106,22 +104,12 @@ def probe_reachable(record: EndpointRecord, timeout_s: float = 2.0) -> bool:
     if record.api_key_file:
         try:
             headers["Authorization"] = f"Bearer {read_key_file(Path(record.api_key_file))}"
-        except Exception:  # noqa: BLE001 - an unreadable key makes the endpoint unusable from here: unreachable
+        except Exception:  # an unreadable key makes the endpoint unusable from here: unreachable
             return False
     try:
         return requests.get(f"{record.base_url}/models", headers=headers, timeout=timeout_s).status_code == 200
     except requests.RequestException:
         return False
-
-
-def _local_state(job_id: str) -> str:
-    """RUNNING while the local executor's controller lives; a zombie (nobody reaped it) has ENDED."""
-    try:
-        pid = int(job_id.removeprefix("local:"))
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (ValueError, OSError):
-        return "ENDED"
-    return "ENDED" if stat.rsplit(")", 1)[-1].split()[0] in ("Z", "X") else "RUNNING"
 
 
 def router_view(url: str, api_key: str | None, timeout_s: float = 3.0) -> dict[str, dict[str, object]]:
@@ -139,23 +127,22 @@ def router_view(url: str, api_key: str | None, timeout_s: float = 3.0) -> dict[s
 
 def server_jobs(
     config: ConfigDir, cluster: Cluster, records: list[EndpointRecord]
-) -> tuple[list[Submitted], dict[str, tuple[str, str | None, str | None]]]:
-    """The launch manifests' jobs still worth showing, and (state, reason, node) of every job they or `records`
-    name: one `squeue` (and `sacct`) call for the SLURM ones. Raises SchedulerError when SLURM does not answer."""
-    logs = config.resolve(cluster.paths.logs)
-    jobs = [j for m in sorted(logs.glob("*/jobs.json")) for j in read_manifest(m)]
+) -> tuple[list[Submitted], dict[str, tuple[str, str | None, str | None]], str | None]:
+    """The launch manifests' jobs still worth showing, (state, reason, node) of every job they or `records` name
+    (one `squeue` and `sacct` call for the SLURM ones), and why SLURM's states are missing when it did not answer:
+    best effort, as in `launch --wait`, so the registry's view still shows."""
+    jobs = [j for m in all_manifests(config, cluster) for j in m.read()]
     ids = {j.job_id for j in jobs} | {r.job_id for r in records if r.job_id}
-    slurm_ids = sorted(i for i in ids if not i.startswith("local:"))
-    info: dict[str, tuple[str, str | None, str | None]] = {}
-    if slurm_ids:
-        for job_id, ji in job_states(slurm_ids).items():
-            info[job_id] = (ji.state.value if hasattr(ji.state, "value") else str(ji.state), ji.reason, ji.node)
-    for i in ids - set(slurm_ids):
-        info[i] = (_local_state(i), None, None)
+    scheduler_problem = None
+    try:
+        info: dict[str, tuple[str, str | None, str | None]] = dict(job_states_of(ids))
+    except SchedulerError as exc:
+        info = dict(job_states_of(i for i in ids if i.startswith("local:")))
+        scheduler_problem = str(exc)
     # drop manifest entries of jobs long gone, so `status` shows the fleet, not its history
-    jobs = [j for j in jobs if info.get(j.job_id, ("UNKNOWN",))[0] not in TERMINAL or j.job_id in
+    jobs = [j for j in jobs if info.get(j.job_id, ("UNKNOWN",))[0] not in ENDED_STATES or j.job_id in
             {r.job_id for r in records}]
-    return jobs, info
+    return jobs, info, scheduler_problem
 
 
 def collect(
@@ -163,14 +150,14 @@ def collect(
 ) -> tuple[list[StatusRow], str]:
     registry = Registry.from_cluster(cluster, config)
     records = registry.list()
-    jobs, info = server_jobs(config, cluster, records)
+    jobs, info, scheduler_problem = server_jobs(config, cluster, records)
     reachable: dict[str, bool] = {}
     if probe and records:
         with ThreadPoolExecutor(max_workers=min(16, len(records))) as pool:
             reachable = dict(zip([r.id for r in records], pool.map(probe_reachable, records), strict=True))
     rows = build_rows(jobs, records, info, reachable, now=time.time(), stale_after_s=cluster.stale_after_s,
                       router=router)
-    return rows, summary(rows, jobs)
+    return rows, summary(rows, jobs) + (f"; SLURM job states unknown: {scheduler_problem}" if scheduler_problem else "")
 
 
 def rows_as_json(rows: list[StatusRow]) -> list[dict[str, object]]:

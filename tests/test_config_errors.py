@@ -9,6 +9,7 @@ import pytest
 
 from grace_hpc.config.catalog import Catalog
 from grace_hpc.config.cluster import Cluster
+from grace_hpc.config.deployment import Deployment
 from grace_hpc.config.loader import load_yaml_model
 from grace_hpc.errors import ConfigError
 
@@ -52,12 +53,26 @@ def test_kv_heads_that_do_not_divide_attention_heads_are_named_with_file_key_and
     )
 
 
-def test_a_misspelt_key_is_reported_as_unknown(tmp_path):
-    path = write(tmp_path, "cluster.yaml", "partitions:\n  - name: t4\n    gpu: T4\n    gpus_per_node: 2\n"
-                 "    gpu_per_node: 4\n")
-    with pytest.raises(ConfigError, match=r"partitions\[0\]\.gpu_per_node .*: Extra inputs are not permitted "
-                                          r"\(unknown key"):
+def test_a_misspelt_key_is_named_with_the_key_it_probably_means(tmp_path):
+    path = write(tmp_path, "cluster.yaml", "partitions:\n  - name: t4\n    gpu: T4\n    gpu_per_node: 4\n")
+    with pytest.raises(ConfigError) as err:
         load_yaml_model(path, Cluster)
+    # not "gpus_per_node: Field required": the typo explains the missing key
+    assert str(err.value) == (f"{path}: partitions[0] (entry 't4'): unknown key 'gpu_per_node' "
+                              "(did you mean 'gpus_per_node'?)")
+
+
+def test_every_problem_of_a_file_is_listed_in_one_line(tmp_path):
+    path = write(tmp_path, "x.yaml", "name: x\nservers:\n  - name: a\n    partiton: t4\n    models: [m]\n"
+                 "    replicas: 0\n  - {name: b, partition: t4, models: [m], wibble: 1}\n")
+    with pytest.raises(ConfigError) as err:
+        load_yaml_model(path, Deployment)
+    message = str(err.value)
+    assert "\n" not in message
+    problems = message.removeprefix(f"{path}: ").split("; ")
+    assert problems[0] == "servers[0] (entry 'a'): unknown key 'partiton' (did you mean 'partition'?)"
+    assert problems[1].startswith("servers[1] (entry 'b'): unknown key 'wibble' (known keys: categories, ")
+    assert problems[2:] == ["servers[0].replicas (entry 'a'): Input should be greater than 0 (got 0)"]
 
 
 def test_invalid_yaml_names_the_line(tmp_path):

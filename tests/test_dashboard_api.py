@@ -12,7 +12,7 @@ import requests
 import yaml
 
 from grace_hpc.config.loader import ConfigDir
-from grace_hpc.launch.launcher import Submitted, write_manifest
+from grace_hpc.launch.manifest import Manifest, Submitted
 from grace_hpc.registry.records import EndpointState
 from grace_hpc.registry.store import Registry
 from grace_hpc.router import create_app, serve_in_thread
@@ -41,7 +41,7 @@ class FixedJobs:
         return self.table
 
 
-def serve(tmp_path: Path, records: list, *, keys: frozenset[str] = frozenset(), jobs: object = None):  # noqa: ANN201
+def serve(tmp_path: Path, records: list, *, keys: frozenset[str] = frozenset(), jobs: object = None):
     registry = Registry(tmp_path / "registry.json")
     for r in records:
         registry.register(r)
@@ -203,7 +203,7 @@ def test_manifest_jobs_time_limits_come_from_the_server_or_its_partition(tmp_pat
             Submitted("zoo", "a", 0, "local:999999999", "local", "t4", ("m",), 1, 0.0, "/f"),
             Submitted("gone-deployment", "x", 0, "4", "slurm", "t4", ("m",), 1, 0.0, "/f")]
     assert source.time_limits(jobs) == {"1": 7200.0, "2": 60.0 * slurm_time_minutes(t4_max)}
-    write_manifest(project / "logs" / "zoo" / "jobs.json", jobs[2:3])  # a local job whose controller is gone
+    Manifest(project / "logs" / "zoo" / "jobs.json").add(jobs[2])  # a local job whose controller is gone
     table = source.read([])
     assert (table.jobs, table.states, table.error) == ((), {"local:999999999": ("ENDED", None, None)}, None)
     assert table.partition_gpus["t4"] == "T4"

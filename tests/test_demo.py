@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.cli import grace
+from tests.support.cli import grace, pid_alive
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,3 +28,23 @@ def test_demo_launches_routes_a_category_request_reports_and_stops(tmp_path):
     assert "deregistered: True" in out
     registry = json.loads((tmp_path / "logs" / "registry" / "registry.json").read_text())
     assert registry["endpoints"] == {}
+
+
+@pytest.mark.engine
+def test_demo_uses_a_fleet_it_did_not_start_and_leaves_it_running(tiny_project):
+    shutil.copytree(ROOT / "routing", tiny_project / "routing")
+    launched = grace(tiny_project, "launch", "--deployment", "solo", "--wait", "--timeout", "120")
+    assert launched.returncode == 0, launched.stderr
+    registry = tiny_project / "logs" / "registry" / "registry.json"
+    [before] = json.loads(registry.read_text())["endpoints"].values()
+    try:
+        proc = grace(tiny_project, "demo", "--deployment", "solo", "--routing", "local", "--category", "default",
+                     "--prompt", "hi")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert f"cpu1 is already running (job {before['job_id']}): using it, and leaving it running" in proc.stdout
+        assert f"served by {before['id']}" in proc.stdout
+        [after] = json.loads(registry.read_text())["endpoints"].values()
+        assert (after["id"], after["state"]) == (before["id"], "ready")
+        assert pid_alive(before["pid"])
+    finally:
+        grace(tiny_project, "stop", "--deployment", "solo")

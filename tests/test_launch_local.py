@@ -46,14 +46,6 @@ def test_local_launch_serves_registers_reports_and_stops_without_leftovers(tiny_
     assert wait_gone([record["pid"], *engines]) == []  # neither the supervisor nor its engine is left
 
 
-@pytest.mark.engine
-def test_dry_run_renders_without_submitting(tiny_project):
-    proc = grace(tiny_project, "launch", "--deployment", "pair", "--dry-run")
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.count("#SBATCH --gres=gpu:t4:1") == 1 and proc.stdout.count("#SBATCH --gres=gpu:l4:1") == 1
-    assert not (tiny_project / "logs" / "pair" / "jobs.json").exists()
-
-
 def test_dry_run_of_the_seed_000_lineup_prints_six_plans_and_six_sbatch_scripts(tmp_path):
     root = Path(__file__).resolve().parents[1]
     proc = grace(tmp_path, "launch", "--config-dir", str(root / "configs"), "--deployment", "grace", "--dry-run")

@@ -75,7 +75,7 @@ def test_an_engine_that_cannot_start_fails_the_job_with_the_engines_own_error(sl
     proc = grace(tiny_project, "launch", "--deployment", "broken", "--executor", "slurm", "--wait",
                  "--timeout", "120")
     assert proc.returncode == 1
-    assert "engine exited with code" in proc.stderr and "missing.gguf" in proc.stderr
+    assert "engine exited with code" in proc.stderr and "corrupt.gguf" in proc.stderr
     status = grace_json(tiny_project, "status")
     [row] = status["servers"]
     assert row["registry_state"] == "gone"

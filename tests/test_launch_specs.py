@@ -63,3 +63,14 @@ def test_engine_environment_from_the_cluster_reaches_the_job_after_hf_home(tmp_p
                       plan_server(server, c.partition("cpu"), CATALOG), registry_path=str(tmp_path / "r.json"),
                       local=True)
     assert spec.env == (("HF_HOME", "/hf"), ("HF_HUB_OFFLINE", "1"), ("VLLM_CACHE_ROOT", "/scratch/vllm"))
+
+
+def test_jobs_read_the_hub_cache_offline_unless_the_cluster_says_otherwise(tmp_path: Path):
+    d = deployment("cpu")
+    for engines, offline in (({}, "1"), ({"env": {"HF_HUB_OFFLINE": "0"}}, "0")):
+        c = cluster(**engines)
+        server = d.servers[0]
+        spec = serve_spec(ConfigDir(tmp_path / "configs"), c, CATALOG, d, server,
+                          plan_server(server, c.partition("cpu"), CATALOG), registry_path="/r/registry.json",
+                          local=True)
+        assert dict(spec.env)["HF_HUB_OFFLINE"] == offline

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.engine
 QUESTION = [{"role": "user", "content": "hello"}]
 
 
-def table(**extra) -> object:  # noqa: ANN003
+def table(**extra) -> object:
     return routing({
         "connect_timeout_s": 1.0, "read_timeout_s": 5.0,
         "categories": [

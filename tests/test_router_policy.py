@@ -39,7 +39,7 @@ TABLE = Routing.model_validate({
 })
 
 
-def ep(endpoint_id: str, model: str, **kw):  # noqa: ANN201 - a record on a made-up port
+def ep(endpoint_id: str, model: str, **kw):  # a record on a made-up port
     return record(endpoint_id, f"http://10.0.0.1:{8000 + len(endpoint_id)}/v1", model, **kw)
 
 
@@ -49,7 +49,7 @@ RECORDS = [
 ]
 
 
-def ids(attempts) -> list[str]:  # noqa: ANN001
+def ids(attempts) -> list[str]:
     return [a.record.id if isinstance(a, EndpointAttempt) else f"cloud:{a.provider.name}" for a in attempts]
 
 

@@ -1,6 +1,6 @@
 """`status` rows: every server shows, and what is wrong with it is flagged, not hidden."""
 
-from grace_hpc.launch.launcher import Submitted
+from grace_hpc.launch.manifest import Submitted
 from grace_hpc.registry.records import EndpointRecord, EndpointState
 from grace_hpc.status import build_rows, summary
 

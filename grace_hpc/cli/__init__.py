@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -19,6 +20,7 @@ from grace_hpc.errors import GraceError
 SUBCOMMANDS = (
     "models",
     "plan",
+    "pull",
     "launch",
     "serve",
     "stop",
@@ -59,3 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"grace-hpc {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader went away (`grace-hpc models --json | head`): not an error of ours. Point stdout at /dev/null so
+        # the interpreter's final flush does not fail again (the recipe in Python's `signal` documentation).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # what a shell reports for a command killed by SIGPIPE

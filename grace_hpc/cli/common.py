@@ -20,6 +20,26 @@ def add_common(parser: argparse.ArgumentParser, *, json_output: bool = True) -> 
         parser.add_argument("--json", action="store_true", help="print machine-readable JSON instead of a table")
 
 
+def _bounded_int(text: str, low: int, high: int | None, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < low or (high is not None and value > high):
+        raise argparse.ArgumentTypeError(f"must be {what} (got {text!r})")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (a bad one is argparse's one-line usage error, exit 2)."""
+    return _bounded_int(text, 1, None, "a whole number >= 1")
+
+
+def port_number(text: str) -> int:
+    """argparse type: a TCP port, 0 (any free port) to 65535."""
+    return _bounded_int(text, 0, 65535, "a port number from 0 (any free port) to 65535")
+
+
 def config_dir(args: argparse.Namespace) -> ConfigDir:
     return ConfigDir.discover(getattr(args, "config_dir", None))
 

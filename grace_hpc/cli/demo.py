@@ -30,8 +30,8 @@ def run(args: argparse.Namespace) -> int:
     from grace_hpc.cli.progress_view import watch_launch
     from grace_hpc.cli.status import _table
     from grace_hpc.errors import EngineError, UpstreamError
-    from grace_hpc.launch.launcher import launch, manifest_path
-    from grace_hpc.launch.stopping import stop_jobs
+    from grace_hpc.launch.launcher import launch, manifest_of
+    from grace_hpc.launch.stopping import stop_rows
     from grace_hpc.router import create_app
     from grace_hpc.router.serve import serve_in_thread
     from grace_hpc.status import collect, router_view
@@ -44,6 +44,8 @@ def run(args: argparse.Namespace) -> int:
     console.rule(f"1. launch deployment {deployment.name!r}")
     t0 = time.monotonic()
     result = launch(config, deployment, executor_kind="auto")
+    for s in result.kept:
+        console.print(f"{s.server} is already running (job {s.job_id}): using it, and leaving it running")
     try:
         final = watch_launch(result, timeout_s=600)
         failed = [p for p in final if p.state != "ready"]
@@ -78,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if not args.keep:
             console.rule("4. stop")
-            for s in stop_jobs(result.registry, [manifest_path(config, cluster, deployment.name)], None, 60):
+            # only what this demo started: a fleet that was already running is the user's, and stays
+            for s in stop_rows(result.registry, manifest_of(config, cluster, deployment.name), result.submitted, 60):
                 console.print(f"stopped {s.server} (job {s.job_id}), deregistered: {s.deregistered}")
     return 0

@@ -25,7 +25,7 @@ def _table(progress: list[Progress]) -> Table:
 def watch_launch(result: LaunchResult, *, timeout_s: float) -> list[Progress]:
     console = Console(stderr=True)
     with Live(_table([]), console=console, refresh_per_second=4, transient=not console.is_terminal) as live:
-        final = wait_until_settled(result.registry, result.submitted, result.jobs, timeout_s=timeout_s,
+        final = wait_until_settled(result.registry, [*result.kept, *result.submitted], result.jobs, timeout_s=timeout_s,
                                    on_tick=lambda p: live.update(_table(p)))
     if not console.is_terminal:
         console.print(_table(final))

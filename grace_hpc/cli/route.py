@@ -7,14 +7,14 @@ import os
 import sys
 from pathlib import Path
 
-from grace_hpc.cli.common import add_common, config_dir
+from grace_hpc.cli.common import add_common, config_dir, port_number
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("route", help="run the OpenAI-compatible router over the endpoint registry")
     add_common(p, json_output=False)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (non-loopback requires client keys)")
-    p.add_argument("--port", type=int, default=8000, help="port to bind; 0 picks a free one (default 8000)")
+    p.add_argument("--port", type=port_number, default=8000, help="port to bind; 0 picks a free one (default 8000)")
     p.add_argument("--routing", default="default", metavar="NAME|FILE",
                    help="routing table: a name under routing/ or a YAML file (default: routing/default.yaml)")
     p.add_argument("--registry", metavar="PATH",

@@ -20,7 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from grace_hpc.errors import ConfigError
-    from grace_hpc.launch.launcher import manifest_path
+    from grace_hpc.launch.launcher import all_manifests, manifest_of
     from grace_hpc.launch.stopping import stop_jobs
     from grace_hpc.registry.store import Registry
 
@@ -28,8 +28,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("say what to stop: --deployment NAME, or --all")
     config = config_dir(args)
     cluster = config.cluster()
-    manifests = ([manifest_path(config, cluster, config.deployment(args.deployment).name)] if args.deployment
-                 else sorted(config.resolve(cluster.paths.logs).glob("*/jobs.json")))
+    manifests = ([manifest_of(config, cluster, config.deployment(args.deployment).name)] if args.deployment
+                 else all_manifests(config, cluster))
     stopped = stop_jobs(Registry.from_cluster(cluster, config), manifests, args.only, args.timeout)
     if args.json:
         print_json([asdict(s) for s in stopped])

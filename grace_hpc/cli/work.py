@@ -10,7 +10,7 @@ from pathlib import Path
 
 import submitit
 
-from grace_hpc.cli.common import add_common, config_dir, print_json
+from grace_hpc.cli.common import add_common, config_dir, positive_int, print_json
 from grace_hpc.errors import WorkError
 from grace_hpc.work.merge import failures, merge
 from grace_hpc.work.runner import WorkSpec, run_shard
@@ -47,12 +47,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     s = actions.add_parser("submit", help="run every shard as a SLURM array (submitit)")
     add_common(s)
     _run_arguments(s)
-    s.add_argument("--shards", type=int, default=4, help="array tasks (default 4)")
-    s.add_argument("--parallelism", type=int, default=4, help="array tasks running at once (default 4)")
+    s.add_argument("--shards", type=positive_int, default=4, help="array tasks (default 4)")
+    s.add_argument("--parallelism", type=positive_int, default=4, help="array tasks running at once (default 4)")
     s.add_argument("--partition", help="SLURM partition of the workers")
-    s.add_argument("--time-min", type=int, default=240, help="time limit per task in minutes (default 240)")
-    s.add_argument("--mem-gb", type=int, default=2)
-    s.add_argument("--cpus-per-task", type=int, default=1)
+    s.add_argument("--time-min", type=positive_int, default=240, help="time limit per task in minutes (default 240)")
+    s.add_argument("--mem-gb", type=positive_int, default=2)
+    s.add_argument("--cpus-per-task", type=positive_int, default=1)
     s.add_argument("--account")
     s.add_argument("--qos")
     s.add_argument("--folder", type=Path, help="submitit logs (default: OUTPUT/_submitit)")

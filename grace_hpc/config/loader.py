@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -38,23 +39,73 @@ def _lookup(data: Any, loc: tuple[int | str, ...]) -> Any:
     return data
 
 
-def format_validation_error(source: str, exc: ValidationError, data: Any) -> str:
-    """`file: key.path: message (got VALUE)` for the first error, plus a count of the others."""
-    errors = exc.errors(include_url=False)
-    first = errors[0]
-    loc = tuple(first["loc"])
-    msg = first["msg"].removeprefix("Value error, ")
+def _inner_model(annotation: Any) -> type[BaseModel] | None:
+    """The config model inside an annotation (`Partition`, `tuple[ServerSpec, ...]`, `Paths | None`), if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _inner_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _model_at(cls: type[BaseModel], loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The config model whose keys live at `loc` (list indexes skipped)."""
+    model: type[BaseModel] | None = cls
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if model else None
+        model = _inner_model(field.annotation) if field else None
+    return model
+
+
+def _where(loc: tuple[int | str, ...], data: Any) -> str:
+    """`servers[0].time (entry 'x')`: the key path, naming the entry so the user finds it without counting."""
     where = _key_path(loc)
-    # name the entry (models[3] is gemma-2-9b-it) so the user finds it without counting
     if len(loc) >= 2 and isinstance(loc[1], int):
         entry = _lookup(data, loc[:2])
         if isinstance(entry, dict) and "name" in entry:
             where += f" (entry {entry['name']!r})"
-    got = "" if first["type"] in ("missing",) or "(got" in msg else f" (got {first.get('input')!r})"
-    if first["type"] == "extra_forbidden":
-        got = " (unknown key: check its spelling against the configuration reference in README.md)"
-    more = f" [and {len(errors) - 1} more problem(s)]" if len(errors) > 1 else ""
-    return f"{source}: {where or '<top level>'}: {msg}{got}{more}"
+    return where or "<top level>"
+
+
+def _unknown_key(cls: type[BaseModel], loc: tuple[int | str, ...], data: Any) -> tuple[str, str | None]:
+    """(problem text, the known key it is probably a misspelling of)."""
+    key = str(loc[-1])
+    model = _model_at(cls, loc[:-1])
+    known = sorted(model.model_fields) if model else []
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}?" if close else "known keys: " + ", ".join(known) if known else "see README.md"
+    return f"{_where(loc[:-1], data)}: unknown key {key!r} ({hint})", close[0] if close else None
+
+
+def format_validation_error(source: str, exc: ValidationError, data: Any, cls: type[BaseModel]) -> str:
+    """`file: key.path: message (got VALUE); other.key: ...`: every problem, in one line. A misspelt key is named
+    with the key it probably means, and the "Field required" it causes for that key is not repeated."""
+    errors = exc.errors(include_url=False)
+    problems: list[str] = []
+    explained: set[tuple[int | str, ...]] = set()  # required keys whose absence a misspelling explains
+    for e in (e for e in errors if e["type"] == "extra_forbidden"):
+        loc = tuple(e["loc"])
+        text, meant = _unknown_key(cls, loc, data)
+        problems.append(text)
+        if meant:
+            explained.add((*loc[:-1], meant))
+    nested = {tuple(e["loc"])[:i] for e in errors for i in range(len(e["loc"]))}
+    for e in errors:
+        loc = tuple(e["loc"])
+        if e["type"] == "extra_forbidden" or (e["type"] == "missing" and loc in explained):
+            continue
+        if e["type"] == "too_short" and loc in nested:  # "at least 1 item": only because its items were invalid
+            continue
+        msg = e["msg"].removeprefix("Value error, ")
+        value = repr(e.get("input"))
+        value = value if len(value) <= 80 else value[:77] + "..."
+        got = "" if e["type"] == "missing" or "(got" in msg else f" (got {value})"
+        problems.append(f"{_where(loc, data)}: {msg}{got}")
+    return f"{source}: " + "; ".join(problems)
 
 
 def load_yaml_model(path: Path, cls: type[M]) -> M:
@@ -77,7 +128,7 @@ def load_yaml_model(path: Path, cls: type[M]) -> M:
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(str(path), exc, data)) from exc
+        raise ConfigError(format_validation_error(str(path), exc, data, cls)) from exc
 
 
 @dataclass(frozen=True)

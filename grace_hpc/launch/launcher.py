@@ -1,18 +1,16 @@
-"""launch / stop: plan every server of a deployment, submit one job per server (and replica) through submitit,
-and remember what was submitted in a manifest beside the logs (`logs/<deployment>/jobs.json`)."""
+"""launch: plan every server of a deployment, submit one job per server (and replica) through submitit that is not
+already pending or running, and record each job in the manifest beside the logs (`logs/<deployment>/jobs.json`)."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import submitit
@@ -21,33 +19,25 @@ from grace_hpc.config.catalog import Catalog
 from grace_hpc.config.cluster import Cluster
 from grace_hpc.config.deployment import Deployment, ServerSpec
 from grace_hpc.config.loader import ConfigDir
-from grace_hpc.errors import ConfigError, PlanError, SchedulerError, SubmissionError
-from grace_hpc.launch.resources import JobResources, job_resources, submitit_parameters
+from grace_hpc.errors import ConfigError, PlanError, SubmissionError
+from grace_hpc.launch.manifest import Manifest, Submitted, is_alive, job_states_of
+from grace_hpc.launch.resources import JobResources, job_resources, slurm_parameters
 from grace_hpc.launch.specs import serve_spec
+from grace_hpc.launch.stopping import stop_rows
+from grace_hpc.launch.weights import check_weights
 from grace_hpc.planner import ServerPlan, plan_server
 from grace_hpc.registry.store import Registry
+from grace_hpc.serve.spec import ServeSpec
 from grace_hpc.serve.supervisor import ServerJob
-
-
-@dataclass(frozen=True)
-class Submitted:
-    deployment: str
-    server: str
-    replica: int
-    job_id: str  # SLURM job id, or local:<pid>
-    executor: str
-    partition: str
-    models: tuple[str, ...]
-    num_gpus: int
-    submitted_at: float
-    folder: str
 
 
 @dataclass(frozen=True)
 class LaunchResult:
     planned: list[PlannedServer]
     submitted: list[Submitted]
-    previews: dict[str, str]  # server name -> the sbatch script submitit would submit (dry run)
+    kept: list[Submitted]  # already pending or running before this launch: left alone
+    specs: dict[str, ServeSpec]  # server name -> what its job runs (the engine argv templates among it)
+    previews: dict[str, str]  # server name -> the exact sbatch script submitit submits (dry run)
     jobs: dict[str, submitit.Job]  # job id -> submitit handle (for waiting on readiness or failure)
     registry: Registry
 
@@ -93,21 +83,13 @@ def manifest_path(config: ConfigDir, cluster: Cluster, deployment: str) -> Path:
     return config.resolve(cluster.paths.logs) / deployment / "jobs.json"
 
 
-def read_manifest(path: Path) -> list[Submitted]:
-    try:
-        rows = json.loads(path.read_text())
-    except FileNotFoundError:
-        return []
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{path}: unreadable launch manifest ({exc}); delete it after `scancel`ing its jobs") from exc
-    return [Submitted(**{**r, "models": tuple(r["models"])}) for r in rows]
+def manifest_of(config: ConfigDir, cluster: Cluster, deployment: str) -> Manifest:
+    return Manifest(manifest_path(config, cluster, deployment), cluster.lock_mode)
 
 
-def write_manifest(path: Path, rows: list[Submitted]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps([asdict(r) for r in rows], indent=1))
-    os.replace(tmp, path)
+def all_manifests(config: ConfigDir, cluster: Cluster) -> list[Manifest]:
+    """The manifest of every deployment launched from this project."""
+    return [Manifest(p, cluster.lock_mode) for p in sorted(config.resolve(cluster.paths.logs).glob("*/jobs.json"))]
 
 
 @contextmanager
@@ -129,16 +111,52 @@ def detached_stdio(log: Path) -> Iterator[None]:
             os.close(copy)
 
 
-def make_executor(kind: str, folder: Path, res: JobResources, setup: tuple[str, ...]) -> submitit.AutoExecutor:
-    executor = submitit.AutoExecutor(folder=folder, cluster=kind)
-    executor.update_parameters(**submitit_parameters(res, setup))
+class RenderOnlySlurmExecutor(submitit.SlurmExecutor):
+    """submitit's own SLURM executor, used only to render the script it would submit (`launch --dry-run`): that
+    needs no SLURM, but submitit's constructor refuses to run where `srun` is missing."""
+
+    @classmethod
+    def affinity(cls) -> int:
+        return 1
+
+
+def slurm_executor(
+    folder: Path, res: JobResources, setup: tuple[str, ...], *, render_only: bool = False
+) -> submitit.SlurmExecutor:
+    executor = (RenderOnlySlurmExecutor if render_only else submitit.SlurmExecutor)(folder=folder)
+    executor.update_parameters(**slurm_parameters(res, setup))
     return executor
 
 
-def sbatch_preview(executor: submitit.AutoExecutor) -> str:
-    """The exact script submitit would hand to sbatch (submitit renders it; we only show it)."""
-    inner = executor._executor  # noqa: SLF001 - submitit has no public "render only" call
-    return inner._make_submission_file_text(inner._submitit_command_str, "<uid>")  # noqa: SLF001
+def make_executor(kind: str, folder: Path, res: JobResources, setup: tuple[str, ...]) -> submitit.Executor:
+    if kind == "slurm":
+        return slurm_executor(folder, res, setup)
+    executor = submitit.LocalExecutor(folder=folder)
+    executor.update_parameters(timeout_min=res.time_min)
+    return executor
+
+
+def sbatch_preview(executor: submitit.SlurmExecutor) -> str:
+    """The exact script submitit writes when it submits: the same call with the same command (submitit has no
+    public "render only" call)."""
+    return executor._make_submission_file_text(executor._submitit_command_str, "<uid>")
+
+
+def submission_failure(server: str, partition: str, exc: Exception, recorded: list[Submitted], manifest: Path,
+                       deployment: str) -> str:
+    done = (f"{len(recorded)} job(s) submitted before it ({', '.join(r.job_id for r in recorded)}) are recorded in "
+            f"{manifest}: `grace-hpc launch` again submits only what is missing, `grace-hpc stop --deployment "
+            f"{deployment}` ends them") if recorded else "nothing was submitted"
+    # submitit's FailedJobError carries sbatch's stderr as its message
+    return f"submitting {server} to partition {partition} failed: {str(exc).strip()}; {done}"
+
+
+def already_running(manifest: Manifest, deployment: Deployment) -> dict[tuple[str, int], Submitted]:
+    """(server, replica) -> its job recorded in the manifest that is still pending or running (one scheduler
+    query for all)."""
+    rows = [r for r in manifest.read() if r.deployment == deployment.name]
+    states = job_states_of([r.job_id for r in rows])
+    return {(r.server, r.replica): r for r in rows if is_alive(states.get(r.job_id))}
 
 
 def launch(
@@ -147,9 +165,14 @@ def launch(
     *,
     executor_kind: str,
     dry_run: bool = False,
+    replace: bool = False,
     environ: dict[str, str] | None = None,
 ) -> LaunchResult:
-    """Plan every server, then submit one job per server replica (or only render them, with `dry_run`)."""
+    """Plan every server, then submit one job per server replica that is not already pending or running (with
+    `replace`, those are stopped and submitted again); with `dry_run`, only render what would be submitted.
+
+    Each job is recorded in the manifest as soon as it is submitted, so a submission that fails half way leaves
+    every job submitted before it where `stop` finds it."""
     cluster, catalog = config.cluster(), config.catalog()
     planned = plan_deployment(cluster, catalog, deployment)
     requested = deployment.executor if executor_kind == "auto" else executor_kind
@@ -158,48 +181,43 @@ def launch(
     registry = Registry.from_cluster(cluster, config, environ=os.environ if environ is None else environ)
     logs = config.resolve(cluster.paths.logs) / deployment.name
     folder = logs / "submitit" / "%j"
-    previews: dict[str, str] = {}
+    manifest = manifest_of(config, cluster, deployment.name)
+    specs = {ps.server.name: serve_spec(config, cluster, catalog, deployment, ps.server, ps.plan,
+                                        registry_path=str(registry.path), local=kind == "local")
+             for ps in planned}
+    if dry_run:
+        previews = {ps.server.name: sbatch_preview(slurm_executor(folder, ps.resources, cluster.engines.setup,
+                                                                  render_only=True))
+                    if kind == "slurm" else "(local executor: no script)" for ps in planned}
+        return LaunchResult(planned, [], [], specs, previews, {}, registry)
+    check_weights(((p.model, p.weights_ref) for ps in planned for p in ps.plan.plans),
+                  config.resolve(cluster.paths.hf_cache) if cluster.paths.hf_cache else None)
+    running = already_running(manifest, deployment)
+    wanted = {(ps.server.name, replica) for ps in planned for replica in range(ps.server.replicas)}
+    kept = [row for key, row in running.items() if key in wanted]
+    if replace and kept:
+        stop_rows(registry, manifest, kept, timeout_s=60)
+        kept = []
+    kept_keys = {(k.server, k.replica) for k in kept}
     submitted: list[Submitted] = []
     jobs: dict[str, submitit.Job] = {}
     for ps in planned:
-        spec = serve_spec(config, cluster, catalog, deployment, ps.server, ps.plan,
-                          registry_path=str(registry.path), local=kind == "local")
         executor = make_executor(kind, folder, ps.resources, cluster.engines.setup)
-        if dry_run:
-            previews[ps.server.name] = sbatch_preview(executor) if kind == "slurm" else "(local executor: no script)"
-            continue
         for replica in range(ps.server.replicas):
+            if (ps.server.name, replica) in kept_keys:
+                continue
             try:
                 # a launch from inside a job must not leak SLURM_* into it
                 with submitit.helpers.clean_env(), (
                         detached_stdio(logs / "local-controllers.log") if kind == "local" else nullcontext()):
-                    job = executor.submit(ServerJob(spec))
+                    job = executor.submit(ServerJob(specs[ps.server.name]))
             except (subprocess.CalledProcessError, submitit.core.utils.FailedJobError, OSError) as exc:
-                raise SubmissionError(f"submitting {ps.server.name} to partition {ps.resources.partition} "
-                                      f"failed: {exc}") from exc
+                raise SubmissionError(submission_failure(ps.server.name, ps.resources.partition, exc, submitted,
+                                                         manifest.path, deployment.name)) from exc
             job_id = str(job.job_id) if kind == "slurm" else f"local:{job.job_id}"
+            row = Submitted(deployment.name, ps.server.name, replica, job_id, kind, ps.resources.partition,
+                            tuple(p.model for p in ps.plan.plans), ps.plan.num_gpus, time.time(), str(folder))
+            manifest.add(row)
             jobs[job_id] = job
-            submitted.append(Submitted(
-                deployment.name, ps.server.name, replica, job_id, kind, ps.resources.partition,
-                tuple(p.model for p in ps.plan.plans), ps.plan.num_gpus, time.time(), str(folder)))
-    if submitted:
-        path = manifest_path(config, cluster, deployment.name)
-        write_manifest(path, read_manifest(path) + submitted)
-    return LaunchResult(planned, submitted, previews, jobs, registry)
-
-
-def cancel(jobs: list[Submitted], supervisor_pids: dict[str, list[int]]) -> None:
-    """One `scancel` for all SLURM jobs. Local jobs: SIGTERM to their supervisors (pids from the registry), which
-    drain and exit cleanly; a job that has not registered yet gets SIGTERM on its submitit controller."""
-    slurm_ids = [j.job_id for j in jobs if j.executor == "slurm"]
-    if slurm_ids:
-        proc = subprocess.run(["scancel", *slurm_ids], capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise SchedulerError(f"scancel {' '.join(slurm_ids)} exited {proc.returncode}: {proc.stderr.strip()}")
-    for j in jobs:
-        if j.executor == "local":
-            for pid in supervisor_pids.get(j.job_id) or [int(j.job_id.removeprefix("local:"))]:
-                try:
-                    os.kill(pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
+            submitted.append(row)
+    return LaunchResult(planned, submitted, kept, specs, {}, jobs, registry)

@@ -53,8 +53,10 @@ def serve_spec(
     local: bool,
 ) -> ServeSpec:
     logs = config.resolve(cluster.paths.logs) / deployment.name
-    env = (("HF_HOME", str(config.resolve(cluster.paths.hf_cache))),) if cluster.paths.hf_cache else ()
-    env += tuple(cluster.engines.env.items())
+    # compute nodes have no internet: engines read the shared cache only (`launch` checked the weights are there);
+    # a cluster whose nodes do reach the hub can say HF_HUB_OFFLINE: "0" in engines.env
+    env = {"HF_HOME": str(config.resolve(cluster.paths.hf_cache))} if cluster.paths.hf_cache else {}
+    env |= {"HF_HUB_OFFLINE": "1", **cluster.engines.env}
     return ServeSpec(
         deployment=deployment.name,
         server=server.name,
@@ -66,7 +68,7 @@ def serve_spec(
         log_dir=str(logs),
         keys_dir=str(Path(registry_path).parent / "keys"),
         heartbeat_s=cluster.heartbeat_s,
-        bind_host="127.0.0.1" if local else "0.0.0.0",  # noqa: S104 - cluster nodes serve the login node
+        bind_host="127.0.0.1" if local else "0.0.0.0",  # cluster nodes serve the login node
         advertise_host="127.0.0.1" if local else None,
-        env=env,
+        env=tuple(env.items()),
     )

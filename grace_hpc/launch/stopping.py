@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
-from grace_hpc.launch.launcher import cancel, read_manifest, write_manifest
+from grace_hpc.errors import SchedulerError
+from grace_hpc.launch.manifest import Manifest, Submitted
 from grace_hpc.registry.store import Registry
 
 
@@ -18,24 +21,46 @@ class Stopped:
     deregistered: bool
 
 
-def stop_jobs(registry: Registry, manifests: list[Path], only: list[str] | None, timeout_s: float) -> list[Stopped]:
-    """Cancel the jobs of `manifests` (all, or the servers/models named in `only`); forget them in the manifest."""
+def cancel(jobs: list[Submitted], supervisor_pids: dict[str, list[int]]) -> None:
+    """One `scancel` for all SLURM jobs. Local jobs: SIGTERM to their supervisors (pids from the registry), which
+    drain and exit cleanly; a job that has not registered yet gets SIGTERM on its submitit controller."""
+    slurm_ids = [j.job_id for j in jobs if j.executor == "slurm"]
+    if slurm_ids:
+        proc = subprocess.run(["scancel", *slurm_ids], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SchedulerError(f"scancel {' '.join(slurm_ids)} exited {proc.returncode}: {proc.stderr.strip()}")
+    for j in jobs:
+        if j.executor == "local":
+            for pid in supervisor_pids.get(j.job_id) or [int(j.job_id.removeprefix("local:"))]:
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+
+
+def stop_rows(registry: Registry, manifest: Manifest, chosen: list[Submitted], timeout_s: float) -> list[Stopped]:
+    """Cancel exactly these jobs of `manifest`, wait up to `timeout_s` for their endpoints to deregister, and
+    forget them in the manifest."""
+    if not chosen:
+        return []
+    pids: dict[str, list[int]] = {}
+    for r in registry.list():
+        if r.job_id and r.pid:
+            pids.setdefault(r.job_id, []).append(r.pid)
+    cancel(chosen, pids)
+    ids = {j.job_id for j in chosen}
+    deadline = time.monotonic() + timeout_s
+    while any(r.job_id in ids for r in registry.list()) and time.monotonic() < deadline:
+        time.sleep(0.25)
+    left = {r.job_id for r in registry.list()}
+    manifest.remove(ids)
+    return [Stopped(j.server, j.job_id, j.models, j.job_id not in left) for j in chosen]
+
+
+def stop_jobs(registry: Registry, manifests: list[Manifest], only: list[str] | None, timeout_s: float) -> list[Stopped]:
+    """Cancel the jobs of `manifests` (all, or the servers/models named in `only`)."""
     stopped: list[Stopped] = []
     for manifest in manifests:
-        jobs = read_manifest(manifest)
-        chosen = [j for j in jobs if not only or j.server in only or set(only) & set(j.models)]
-        if not chosen:
-            continue
-        pids: dict[str, list[int]] = {}
-        for r in registry.list():
-            if r.job_id and r.pid:
-                pids.setdefault(r.job_id, []).append(r.pid)
-        cancel(chosen, pids)
-        ids = {j.job_id for j in chosen}
-        deadline = time.monotonic() + timeout_s
-        while any(r.job_id in ids for r in registry.list()) and time.monotonic() < deadline:
-            time.sleep(0.25)
-        left = {r.job_id for r in registry.list()}
-        write_manifest(manifest, [j for j in jobs if j.job_id not in ids])
-        stopped += [Stopped(j.server, j.job_id, j.models, j.job_id not in left) for j in chosen]
+        chosen = [j for j in manifest.read() if not only or j.server in only or set(only) & set(j.models)]
+        stopped += stop_rows(registry, manifest, chosen, timeout_s)
     return stopped

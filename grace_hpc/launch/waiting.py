@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import submitit
 
 from grace_hpc.errors import SchedulerError
-from grace_hpc.launch.launcher import Submitted
+from grace_hpc.launch.manifest import Submitted
 from grace_hpc.registry.records import EndpointState
 from grace_hpc.registry.store import Registry
 from grace_hpc.slurm.queue import job_states
@@ -28,7 +28,7 @@ def job_failure(job: submitit.Job | None) -> str | None:
         return None
     try:
         exc = job.exception()
-    except Exception as err:  # noqa: BLE001 - submitit raises when the job left no result at all
+    except Exception as err:  # submitit raises when the job left no result at all
         return f"job ended without a result: {err}"
     if exc is None:
         return "job ended"

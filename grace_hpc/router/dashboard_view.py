@@ -15,11 +15,11 @@ from enum import Enum
 from pydantic import BaseModel, ConfigDict
 
 from grace_hpc.config.routing import Routing
-from grace_hpc.launch.launcher import Submitted
+from grace_hpc.launch.manifest import ENDED_STATES, Submitted
 from grace_hpc.registry.records import EndpointRecord, EndpointState
 from grace_hpc.router.policy import stale
 from grace_hpc.router.samples import Summary
-from grace_hpc.status import TERMINAL, StatusRow, build_rows
+from grace_hpc.status import StatusRow, build_rows
 
 JobStates = Mapping[str, tuple[str, str | None, str | None]]  # job id -> (state, pending reason, node)
 
@@ -136,7 +136,7 @@ class RoutingSection(Frozen):
 
 
 def fleet_severity(row: StatusRow, healthy: bool | None, is_stale: bool) -> Severity:
-    if (row.registry_state == EndpointState.GONE.value or row.job_state in TERMINAL or healthy is False
+    if (row.registry_state == EndpointState.GONE.value or row.job_state in ENDED_STATES or healthy is False
             or is_stale or row.reachable is False):
         return Severity.BAD
     # UNKNOWN: no jobs source, or SLURM did not answer; the section's `scheduler` says which, not every row

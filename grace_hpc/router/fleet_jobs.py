@@ -14,7 +14,7 @@ from typing import Protocol
 from grace_hpc.config.cluster import Cluster
 from grace_hpc.config.loader import ConfigDir
 from grace_hpc.errors import GraceError
-from grace_hpc.launch.launcher import Submitted
+from grace_hpc.launch.manifest import Submitted
 from grace_hpc.launch.resources import slurm_time_minutes
 from grace_hpc.registry.records import EndpointRecord
 from grace_hpc.router.dashboard_view import JobTable
@@ -37,10 +37,11 @@ class ManifestJobs:
 
     def read(self, records: list[EndpointRecord]) -> JobTable:
         try:
-            jobs, states = server_jobs(self.config, self.cluster, records)
-        except GraceError as exc:
+            jobs, states, scheduler_problem = server_jobs(self.config, self.cluster, records)
+        except GraceError as exc:  # an unreadable manifest
             return JobTable(error=str(exc))
-        return JobTable(tuple(jobs), states, self.time_limits(jobs), {p.name: p.gpu for p in self.cluster.partitions})
+        return JobTable(tuple(jobs), states, self.time_limits(jobs), {p.name: p.gpu for p in self.cluster.partitions},
+                        error=scheduler_problem)
 
     def time_limits(self, jobs: list[Submitted]) -> dict[str, float]:
         """Each SLURM job's time limit as launch asked for it: the server's `time`, else its partition's

@@ -54,7 +54,7 @@ class EngineProcess:
                     stdin=subprocess.DEVNULL,
                     env=self.env,
                     start_new_session=True,  # its own process group: vLLM's workers are stopped with it
-                    preexec_fn=_die_with_parent,  # noqa: PLW1509 - only calls prctl
+                    preexec_fn=_die_with_parent,  # only calls prctl
                 )
         except OSError as exc:
             raise EngineError(
@@ -90,7 +90,7 @@ class EngineProcess:
             self.process.wait(timeout=10)
 
     def _signal_group(self, sig: signal.Signals) -> None:
-        assert self.process is not None  # noqa: S101 - internal invariant, checked by callers
+        assert self.process is not None  # internal invariant, checked by callers
         try:
             os.killpg(self.process.pid, sig)
         except ProcessLookupError:

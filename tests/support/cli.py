@@ -10,10 +10,20 @@ from pathlib import Path
 from typing import Any
 
 
-def grace(project: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def grace(project: Path, *args: str, timeout: float = 300, path: str | None = None) -> subprocess.CompletedProcess[str]:
+    """The CLI in `project`; `path` replaces PATH (e.g. a folder without SLURM's commands, as on a laptop)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GRACE_", "SLURM_", "SUBMITIT_"))}
+    if path is not None:
+        env["PATH"] = path
     return subprocess.run([sys.executable, "-m", "grace_hpc", *args], cwd=project, env=env, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def grace_without_slurm(project: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """The CLI with a PATH that holds no command at all: no srun, sbatch, squeue or scancel."""
+    empty = project / "empty-bin"
+    empty.mkdir(exist_ok=True)
+    return grace(project, *args, timeout=timeout, path=str(empty))
 
 
 def grace_json(project: Path, *args: str, timeout: float = 300) -> Any:
