@@ -58,8 +58,8 @@ def entry_from_page(text: str, over: Overrides = Overrides()) -> IncompleteModel
     """The incomplete entry a pasted page gives; ConfigError naming every field it could not find (and its flag)."""
     if len(text) > MAX_PAGE_CHARS:
         raise ConfigError(f"the pasted text is {len(text):,} characters; a model page is under {MAX_PAGE_CHARS:,}")
-    page = parse_model_page(text)
-    model_id = over.model_id or page.model_id
+    page = parse_model_page(text, over.model_id)
+    model_id = page.model_id
     license_ = over.license or page.license
     bits = over.bits or page.bits or _gguf_bits(page.gguf_type)
     unread = ["the model id (--model-id ORG/NAME)"] if not model_id else []

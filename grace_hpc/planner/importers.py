@@ -260,14 +260,15 @@ def _front_matter(text: str, key: str) -> str | None:
 
 
 def _model_id(text: str) -> str | None:
-    """`vllm serve ID`, else the page title (a line that is just ORG/NAME, what a browser copy of the page starts
-    with), else the id most often named in quotes or huggingface.co links."""
+    """`vllm serve ID`, else the page title (a line starting with ORG/NAME, as a browser copy of the page does),
+    else the id most often named in quotes or huggingface.co links."""
     serve = re.search(rf"vllm serve\s+[\"']?({_ID})", text)
     if serve:
         return serve.group(1)
-    title = re.search(rf"^\s*({_ID})\s*$", text, re.MULTILINE)
+    titles = re.findall(rf"^\s*({_ID})(?:\s|$)", text, re.MULTILINE)
+    title = next((t for t in titles if "." not in t.split("/")[0]), None)  # not a domain (qwenlm.github.io/...)
     if title:
-        return title.group(1)
+        return title
     named = re.findall(rf"(?:huggingface\.co/|[\"'`])({_ID})", text)
     named = [n.rstrip(".") for n in named if "." not in n.split("/")[0]]
     return max(dict.fromkeys(named), key=named.count) if named else None
@@ -289,9 +290,10 @@ def _gguf_file(model_id: str, text: str) -> tuple[str | None, str | None]:
     return (source.group(1).upper() if source else None), file
 
 
-def parse_model_page(text: str) -> PastedModel:
-    """Whatever pasted model-page text states: id, base model, license, quantization, sizes, architecture numbers."""
-    model_id = _model_id(text)
+def parse_model_page(text: str, model_id: str | None = None) -> PastedModel:
+    """Whatever pasted model-page text states: id, base model, license, quantization, sizes, architecture numbers.
+    `model_id`: the repository, when the user names it (the quantization and size in its name then count)."""
+    model_id = model_id or _model_id(text)
     quant = _quantization(model_id) if model_id else None
     gguf_type, gguf_file = _gguf_file(model_id, text) if quant == "gguf" and model_id else (None, None)
     bits = 4 if quant == "awq" else None  # vLLM's AWQ runs 4-bit weights only (AWQConfig: "Currently, only 4-bit")
