@@ -29,7 +29,8 @@ from grace_hpc.planner.importers import (
 )
 from grace_hpc.planner.packing import partition_device
 
-__all__ = ["MAX_PAGE_CHARS", "Overrides", "Entry", "Edit", "entry_from_page", "entry_from_path", "entry_from_cache",
+__all__ = ["MAX_PAGE_CHARS", "Overrides", "Entry", "Edit", "entry_from_page", "entry_from_page_or_cache", "entry_from_path",
+           "entry_from_cache",
            "plan_on_partitions", "describe", "add_entry", "remove_named"]
 
 #: a model page's text is 5-60 kB; anything far larger is not one
@@ -111,13 +112,26 @@ def entry_from_cache(hf_id: str, cluster: Cluster, configs: ConfigDir, over: Ove
     """A complete entry from `hf_id`'s config.json in cluster.yaml's paths.hf_cache, served by its hub id."""
     if cluster.paths.hf_cache is None:
         raise ConfigError("--hf-id reads the shared Hugging Face cache: set paths.hf_cache in cluster.yaml")
-    folder = cached_config_folder(hf_id, configs.resolve(cluster.paths.hf_cache))
-    spec = spec_from_folder(folder)
-    spec = spec.model_copy(update={
+    return _named(_from_snapshot(hf_id, cached_config_folder(hf_id, configs.resolve(cluster.paths.hf_cache))), over)
+
+
+def _from_snapshot(hf_id: str, folder: Path) -> ModelSpec:
+    return spec_from_folder(folder).model_copy(update={
         "name": _slug(hf_id.split("/")[-1]), "hf_id": hf_id, "weights": None,
         "source": f"https://huggingface.co/{hf_id}/blob/main/config.json (cached in {folder})",
     })
-    return _named(spec, over)
+
+
+def entry_from_page_or_cache(text: str, cluster: Cluster, configs: ConfigDir, over: Overrides = Overrides()) -> Entry:
+    """The page's entry, completed at once when paths.hf_cache already holds its model's config.json."""
+    page = entry_from_page(text, over)
+    if cluster.paths.hf_cache is None:
+        return page
+    try:
+        folder = cached_config_folder(page.hf_id, configs.resolve(cluster.paths.hf_cache))
+    except ConfigError:
+        return page
+    return merged(_from_snapshot(page.hf_id, folder), page)
 
 
 def _named(spec: ModelSpec, over: Overrides) -> ModelSpec:

@@ -87,13 +87,20 @@ def _page_text(arg: str) -> str:
 
 
 def run_add(args: argparse.Namespace) -> int:
-    from grace_hpc.workbench import Overrides, add_entry, describe, entry_from_cache, entry_from_page, entry_from_path
+    from grace_hpc.workbench import (
+        Overrides,
+        add_entry,
+        describe,
+        entry_from_cache,
+        entry_from_page_or_cache,
+        entry_from_path,
+    )
 
     configs = config_dir(args)
     cluster = configs.cluster()
     over = Overrides(name=args.name, model_id=args.model_id, license=args.license, bits=args.bits)
     if args.from_page:
-        entry = entry_from_page(_page_text(args.from_page), over)
+        entry = entry_from_page_or_cache(_page_text(args.from_page), cluster, configs, over)
     elif args.from_folder:
         entry = entry_from_path(args.from_folder, over)
     else:

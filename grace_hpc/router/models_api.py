@@ -26,7 +26,7 @@ from grace_hpc.errors import ConfigError, GraceError
 from grace_hpc.router.app import STATE
 from grace_hpc.router.auth import authorized
 from grace_hpc.router.errors import error_response
-from grace_hpc.workbench import Overrides, add_entry, describe, entry_from_cache, entry_from_page
+from grace_hpc.workbench import Overrides, add_entry, describe, entry_from_cache, entry_from_page_or_cache
 
 __all__ = ["add_models_api"]
 
@@ -82,7 +82,7 @@ def _entry(api: ModelsApi, body: dict[str, Any]) -> Any:
     over = Overrides(name=body.get("name") or None, model_id=body.get("model_id") or None,
                      license=body.get("license") or None, bits=body.get("bits"))
     if body.get("text"):
-        return entry_from_page(body["text"], over)
+        return entry_from_page_or_cache(body["text"], api.configs.cluster(), api.configs, over)
     return entry_from_cache(body["hf_id"], api.configs.cluster(), api.configs, over)
 
 

@@ -129,6 +129,7 @@ async function addNow() {
 
 async function drawCatalog() {
   const data = await call("GET", "../api/models");
+  say("status", "");
   const rows = data.models.map((m) => ({ m, state: "complete" }))
     .concat(data.incomplete.map((m) => ({ m, state: "incomplete: " + m.missing.join(", ") })));
   document.querySelector("#catalog .summary").textContent =
