@@ -5,15 +5,14 @@ Screenshots go to logs/test-artifacts/ (or $GRACE_TEST_ARTIFACTS)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import requests
 
 from grace_hpc.cli import main
-from tests.support.browser import Browser, browser_paths, headless_chromium
+from tests.support.browser import Browser
 from tests.test_dashboard_browser import ARTIFACTS
+from tests.test_dashboard_browser import browser as browser  # noqa: F401 (the fixture, shared)
 from tests.test_workbench_api import AUTH, KEY, router
 from tests.test_workbench_catalog import conf as conf  # noqa: F401 (the fixture, shared)
 from tests.test_workbench_pages import page
@@ -39,14 +38,6 @@ def row_cells(browser: Browser, script: str, *args: str) -> dict[str, str] | Non
 def paste(browser: Browser, text: str) -> None:
     browser.run("const t = document.getElementById('page'); t.value = arguments[0];"
                 "t.dispatchEvent(new Event('input'));", text)
-
-
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[Browser]:
-    if browser_paths() is None:
-        pytest.skip("needs Debian's chromium and chromium-driver (tests/run-all.sh installs them as root)")
-    with headless_chromium(tmp_path / "chromium") as b:
-        yield b
 
 
 def test_paste_a_page_see_the_plans_add_it_and_find_it_in_the_catalog_api(conf: Path, browser: Browser,

@@ -63,6 +63,15 @@ def test_plan_refuses_an_incomplete_entry_saying_what_is_missing(conf: Path, cap
     assert (shown["complete"], shown["plans"]) == (False, []) and "head_dim" in shown["missing"]
 
 
+def test_a_deployment_naming_an_incomplete_entry_is_refused_too(conf: Path, capsys) -> None:
+    grace(conf, capsys, "models", "add", "--from-page", str(PAGES / "mixtral-8x7b-instruct-v0.1.txt"))
+    (conf / "deployments").mkdir()
+    (conf / "deployments" / "moe.yaml").write_text(
+        "name: moe\nservers:\n  - {name: m, partition: h100, models: [mixtral-8x7b-instruct-v0.1]}\n")
+    code, _, err = grace(conf, capsys, "plan", "--deployment", "moe")
+    assert code == 1 and "mixtral-8x7b-instruct-v0.1 is incomplete" in err
+
+
 def test_the_cached_config_json_completes_it_keeping_name_license_and_variants(conf: Path, capsys) -> None:
     grace(conf, capsys, "models", "add", "--from-page", str(PAGES / "tinyllama-1.1b-chat-v1.0-awq.txt"))
     snapshot = conf.parent / "hf" / "hub" / "models--TinyLlama--TinyLlama-1.1B-Chat-v1.0" / "snapshots" / "abc123"
