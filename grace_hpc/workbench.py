@@ -68,9 +68,8 @@ def entry_from_page(text: str, over: Overrides = Overrides()) -> IncompleteModel
     unread += ["the weight bits of the quantized checkpoint (--bits N)"] if page.quantization and not bits else []
     unread += ["which .gguf file (--model-id of a repo whose name carries the type, e.g. ...-Q4_K_M-GGUF)"] if (
         page.quantization == "gguf" and not page.gguf_type) else []
-    if unread:
+    if unread or not (model_id and license_):
         raise ConfigError(f"the page does not say {'; '.join(unread)}: give them as flags")
-    assert model_id and license_  # narrowed by `unread` above
     quantized = page.quantization in {m.value for m in QuantMethod}
     hf_id = page.base_model if quantized and page.base_model else model_id
     variants = (QuantizedVariant(method=QuantMethod(page.quantization), hf_id=model_id, bits=bits or 16,

@@ -93,7 +93,8 @@ def remove_entry(text: str, name: str) -> tuple[str, str]:
             first -= 1
         rest = lines[:first] + lines[last:]
         return "".join(_without_empty(rest, section)), section
-    raise ConfigError(f"no catalog entry named {name!r}")
+    raise ConfigError(f"no `- name: {name}` line under {' or '.join(SECTIONS)}: an entry written in flow style "
+                      "(`- {name: ...}`) is not edited automatically; remove it by hand")
 
 
 def _without_empty(lines: list[str], section: str) -> list[str]:
