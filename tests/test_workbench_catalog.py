@@ -50,6 +50,8 @@ def test_adding_a_page_appends_one_block_and_keeps_every_byte_before_it(conf: Pa
     assert added.startswith("\nincomplete:\n  # added by `grace-hpc models add`; source: pasted model page of "
                             "https://huggingface.co/mistralai/Mixtral-8x7B-Instruct-v0.1\n  - name: mixtral-8x7b")
     assert yaml.safe_load(text)["incomplete"][0]["moe"] is True
+    code, _, _ = grace(conf, capsys, "models", "remove", "mixtral-8x7b-instruct-v0.1")
+    assert code == 0 and (conf / "models.yaml").read_text() == SHIPPED  # and back, byte for byte
 
 
 def test_plan_refuses_an_incomplete_entry_saying_what_is_missing(conf: Path, capsys) -> None:
