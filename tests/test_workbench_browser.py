@@ -66,6 +66,9 @@ def test_paste_a_page_see_the_plans_add_it_and_find_it_in_the_catalog_api(conf: 
         cpu = row_cells(browser, PLAN_ROW, "cpu")  # no GGUF of it for llama.cpp: short, with the planner's levers
         lever = next(r for r in api["plans"] if r["partition"] == "cpu")["lever"]
         assert cpu["fits"] == "no" and cpu["lever"] == lever.removeprefix("what would fit: ")
+        h100 = next(r for r in api["plans"] if r["partition"] == "h100")["plan"]
+        assert browser.run("return document.getElementById('command').textContent") == (
+            "on h100: " + " ".join(h100["argv"]))  # the first partition it fits: the `vllm serve` line
         browser.screenshot(ARTIFACTS / "workbench-models-parsed.png")
 
         browser.run("document.getElementById('add').click()")

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -175,3 +176,7 @@ def _print_described(result: dict[str, Any]) -> None:
             (row["lever"] or "").removeprefix("what would fit: "),
         )
     console.print(table)
+    first = next((row for row in result["plans"] if row["fits"]), None)
+    if first is not None:
+        console.print(f"command on {first['partition']}: {shlex.join(first['plan']['argv'])}", markup=False,
+                      highlight=False)

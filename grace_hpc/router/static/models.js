@@ -69,6 +69,8 @@ function drawPlans(rows) {
     return tr;
   }));
   $("plans").hidden = rows.length === 0;
+  const first = rows.find((r) => r.fits);
+  $("command").textContent = first ? "on " + first.partition + ": " + first.plan.argv.join(" ") : "";
 }
 
 function drawParsed(result) {
@@ -76,7 +78,7 @@ function drawParsed(result) {
   if (result.complete) {
     say("verdict", "complete: planned on every partition of cluster.yaml", "");
   } else {
-    say("verdict", "INCOMPLETE (added as such, never planned): " + result.reason, "incomplete");
+    say("verdict", "INCOMPLETE (added as such, it is not planned until completed): " + result.reason, "incomplete");
   }
   drawPlans(result.plans);
 }
