@@ -76,6 +76,7 @@ def test_pasted_gguf_page() -> None:
 
 def test_pasted_awq_and_moe_sizes() -> None:
     got = parse_model_page("TheBloke/Mixtral-8x7B-Instruct-v0.1-AWQ\nModel size 8x7B params")
-    assert (got.quantization, got.params_billions) == ("awq", 56.0)
+    # "8x7B" names the experts, not the parameters (Mixtral-8x7B has 46.7B, not 56B): no size is made up
+    assert (got.quantization, got.params_billions) == ("awq", None)
     small = parse_model_page("HuggingFaceTB/SmolLM2-135M-Instruct  135M params")
     assert small.params_billions == pytest.approx(0.135) and small.quantization is None

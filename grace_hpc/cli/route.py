@@ -31,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from grace_hpc.router.auth import client_keys, require_keys_off_loopback
     from grace_hpc.router.dashboard import use_jobs
     from grace_hpc.router.fleet_jobs import ManifestJobs
+    from grace_hpc.router.models_api import add_models_api
 
     config = config_dir(args)
     routing = config.routing(args.routing)
@@ -43,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
     require_keys_off_loopback(args.host, keys)
     app = create_app(routing, registry, client_keys=keys, stale_after_s=cluster.stale_after_s)
     use_jobs(app, ManifestJobs(config, cluster))  # the dashboard's fleet panel: manifests and SLURM
+    add_models_api(app, config)  # the workbench: /api/models (the dashboard's Models page)
 
     def listening(url: str) -> None:
         if args.print_url:

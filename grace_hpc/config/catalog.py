@@ -10,6 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from grace_hpc.errors import PlanError
+
 
 class Frozen(BaseModel):
     """Base for every config model: immutable, and unknown keys are errors (catches typos)."""
@@ -132,23 +134,52 @@ class ModelSpec(Frozen):
     source: str  # where the numbers come from (config.json URL)
 
 
+class IncompleteModel(Frozen):
+    """An entry added from a model page that does not state the architecture numbers the planner needs.
+
+    It holds what the page did state and names what it lacks; `plan` refuses it with that reason until
+    `models add --from-folder DIR` or `--hf-id ID` (a config.json) completes it. No number here is estimated."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
+    hf_id: str
+    license: str
+    task: Task = Task.GENERATE
+    missing: tuple[str, ...] = Field(min_length=1)  # config.json keys the page does not state
+    stated: dict[str, int] = {}  # architecture numbers the page does state (num_hidden_layers, ...)
+    context_length: int | None = Field(default=None, gt=0)
+    params_billions: float | None = Field(default=None, gt=0)
+    moe: bool = False
+    variants: tuple[QuantizedVariant, ...] = ()
+    source: str
+
+    def reason(self) -> str:
+        return (f"{self.name} is incomplete in models.yaml: its page does not state {', '.join(self.missing)}; "
+                f"complete it with `grace-hpc models add --hf-id {self.hf_id} --name {self.name}` (config.json in "
+                f"the shared Hugging Face cache) or `--from-folder DIR --name {self.name}`")
+
+
 class Catalog(Frozen):
-    """The whole model catalog, looked up by name or HF id."""
+    """The whole model catalog, looked up by name or HF id. `incomplete` entries are listed, never planned."""
 
     models: tuple[ModelSpec, ...]
+    incomplete: tuple[IncompleteModel, ...] = ()
 
     @model_validator(mode="after")
     def _unique_names(self) -> Catalog:
-        reject_duplicates([m.name for m in self.models], "model")
+        reject_duplicates([m.name for m in self.models] + [m.name for m in self.incomplete], "model")
         return self
 
     def names(self) -> list[str]:
         return [m.name for m in self.models]
 
     def get(self, name_or_id: str) -> ModelSpec:
-        """The model called `name_or_id` (catalog name or HF id, case-insensitive); KeyError if absent."""
+        """The model called `name_or_id` (catalog name or HF id, case-insensitive); KeyError if absent, PlanError
+        (saying what is missing) if it is an incomplete entry."""
         key = name_or_id.lower()
         for m in self.models:
             if key in (m.name, m.hf_id.lower()) or any(key == v.hf_id.lower() for v in m.variants):
                 return m
+        for i in self.incomplete:
+            if key in (i.name, i.hf_id.lower()):
+                raise PlanError(i.reason())
         raise KeyError(name_or_id)

@@ -33,7 +33,8 @@ if TYPE_CHECKING:
 
 #: how often the page polls /api/dashboard; the fleet's jobs are re-read at most every fleet_jobs.JOBS_TTL_S
 REFRESH_S = 2.0
-STATIC = {"index.html": "text/html", "dashboard.js": "text/javascript", "dashboard.css": "text/css"}
+STATIC = {"index.html": "text/html", "dashboard.js": "text/javascript", "dashboard.css": "text/css",
+          "models.html": "text/html", "models.js": "text/javascript", "models.css": "text/css"}  # models_api.py
 #: the page loads nothing from elsewhere (it works through an SSH tunnel) and runs no inline script
 PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
