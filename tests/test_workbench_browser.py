@@ -12,9 +12,9 @@ import requests
 from grace_hpc.cli import main
 from tests.support.browser import Browser
 from tests.test_dashboard_browser import ARTIFACTS
-from tests.test_dashboard_browser import browser as browser  # noqa: F401 (the fixture, shared)
+from tests.test_dashboard_browser import browser as browser  # the fixture, shared
 from tests.test_workbench_api import AUTH, KEY, router
-from tests.test_workbench_catalog import conf as conf  # noqa: F401 (the fixture, shared)
+from tests.test_workbench_catalog import conf as conf  # the fixture, shared
 from tests.test_workbench_pages import page
 
 # TinyLlama/TinyLlama-1.1B-Chat-v1.0's config.json (its numbers, as in a public copy found with the code search:
