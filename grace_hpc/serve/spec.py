@@ -24,6 +24,11 @@ class ModelLaunch:
     max_model_len: int | None
     max_num_seqs: int | None
 
+    def argv(self, *, host: str, port: int) -> list[str]:
+        """The engine argv with its {host} and {port} placeholders filled in, and nothing else touched: an argument
+        may be JSON (`--hf-overrides '{"rope_scaling": ...}'`), which `str.format` would take for placeholders."""
+        return [a.replace("{host}", host).replace("{port}", str(port)) for a in self.argv_template]
+
 
 @dataclass(frozen=True)
 class ServeSpec:
