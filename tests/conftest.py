@@ -98,7 +98,7 @@ def llama_server(tiny_gguf: Path, tmp_path: Path) -> Iterator:
             sys.executable, "-m", "grace_hpc.engines.llamacpp_server", "-m", str(model_path or tiny_gguf),
             "--host", "127.0.0.1", "--port", str(port), "--alias", alias, "-c", "1024",
             "-np", str(parallel), "-t", "1",
-        ] + (["--embedding"] if embedding else [])
+        ] + (["--embedding", "--pooling", "mean"] if embedding else [])  # a decoder declares no pooling
         with open(tmp_path / f"llama-{port}.log", "wb") as log:  # the child keeps its own descriptor
             proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
         server = Server(proc, port, alias, api_key)
