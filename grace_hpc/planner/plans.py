@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from grace_hpc.config.catalog import Task
 from grace_hpc.errors import PlanError
 from grace_hpc.planner.render import render_argv
 
@@ -71,6 +72,7 @@ class Plan:
     kv_cache_tokens: int
     max_concurrency: float  # requests of max_model_len tokens the KV cache holds at once
     trust_remote_code: bool = False
+    task: Task = Task.GENERATE  # EMBED: served for /v1/embeddings (vLLM's pooling runner, llama.cpp --embedding)
     gpu_layers: int | None = None  # llama.cpp -ngl; None for vLLM
     reasons: tuple[str, ...] = ()
 
