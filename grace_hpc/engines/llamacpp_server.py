@@ -1,6 +1,7 @@
 """A `llama-server`-compatible entry point on top of xllamacpp (llama.cpp's own HTTP server, prebuilt on PyPI).
 
     python -m grace_hpc.engines.llamacpp_server -m MODEL.gguf --host H --port P [--alias NAME] [-c CTX] [-np N]
+        [--embedding [--pooling mean]] [--chat-template-kwargs JSON]
 
 accepts the subset of llama-server's flags that grace-hpc renders, so a plan's argv runs unchanged with either
 binary. The API key is read from $LLAMA_API_KEY (as llama-server does), never from argv: argv is world-readable
@@ -10,11 +11,15 @@ in `ps` on a shared node. Runs until SIGTERM/SIGINT.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
 import threading
 from collections.abc import Sequence
+
+#: llama-server's `--pooling` values (llama.h `llama_pooling_type`)
+POOLING = ("none", "mean", "cls", "last", "rank")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -28,6 +33,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("-t", "--threads", type=int, default=0, help="0: all CPUs this process may use")
     p.add_argument("-ngl", "--n-gpu-layers", type=int, default=0)
     p.add_argument("--embedding", "--embeddings", action="store_true")
+    p.add_argument("--pooling", choices=POOLING, help="default: the model's own (an embedding GGUF declares it)")
+    p.add_argument("--chat-template-kwargs", type=json.loads, help="JSON object passed to the chat template")
     return p.parse_args(argv)
 
 
@@ -47,8 +54,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     params.n_gpu_layers = args.n_gpu_layers
     params.warmup = False
     params.embedding = args.embedding
-    if args.embedding:  # OpenAI /v1/embeddings needs one pooled vector per input ("none" pooling is refused)
-        params.pooling_type = xlc.llama_pooling_type.LLAMA_POOLING_TYPE_MEAN
+    if args.pooling:
+        params.pooling_type = getattr(xlc.llama_pooling_type, f"LLAMA_POOLING_TYPE_{args.pooling.upper()}")
+    if args.chat_template_kwargs is not None:
+        params.default_template_kwargs = {k: json.dumps(v) for k, v in args.chat_template_kwargs.items()}
     if args.alias:
         params.model_alias = {args.alias} if isinstance(params.model_alias, set) else args.alias
     key = os.environ.get("LLAMA_API_KEY")

@@ -338,7 +338,7 @@ def _nothing_fits(
         gpu_memory_utilization=DEFAULT_UTILIZATION, max_num_seqs=request.min_concurrency,
         max_num_batched_tokens=None, cpu_offload_gb=0.0, weights_gib_per_gpu=0.0,
         activation_gib_per_gpu=0.0, overhead_gib_per_gpu=0.0, kv_cache_gib_per_gpu=0.0, kv_cache_tokens=0,
-        max_concurrency=0.0, vllm_version=request.vllm_version.value if engine == "vllm" else None,
+        max_concurrency=0.0, vllm_version=request.vllm_version.value if engine == "vllm" else None, task=spec.task,
         reasons=tuple(dict.fromkeys((head, *skipped)))
         + (("no GGUF weights in the catalog: CPU partitions run GGUF in llama.cpp",) if gpu.is_cpu else ())
         + (advice,),

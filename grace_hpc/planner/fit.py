@@ -91,6 +91,7 @@ def _plan(spec: ModelSpec, gpu: GPU, cand: Candidate, **values: object) -> Plan:
         model=spec.name, gpu=gpu.name, engine=cand.engine, weights_ref=cand.weights_ref,
         quantization=cand.quantization if cand.engine == "vllm" else f"gguf:{cand.gguf_type}",
         quantization_online=cand.online, trust_remote_code=spec.trust_remote_code and cand.engine == "vllm",
+        task=spec.task,
         **values,  # type: ignore[arg-type]  # the remaining Plan fields, checked by the dataclass
     )
 

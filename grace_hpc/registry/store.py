@@ -16,7 +16,7 @@ import os
 import socket
 import stat
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,6 +155,19 @@ class Registry:
             endpoints[record.id] = record
         self._update(change)
         return record
+
+    def publish(self, records: Sequence[EndpointRecord]) -> tuple[str, ...]:
+        """One job's endpoints as the job sees them, stamped alive now, in one locked write (a packed job runs
+        several engines: one write per heartbeat, not one per engine). An entry that is missing is put back: it was
+        reaped while the job could not write (a long file-system outage) or lost when a corrupt file was restored
+        from its .bak. Returns the ids put back."""
+        def change(endpoints: dict[str, EndpointRecord]) -> tuple[str, ...]:
+            now = self.clock()
+            missing = tuple(r.id for r in records if r.id not in endpoints)
+            for r in records:
+                endpoints[r.id] = r.model_copy(update={"heartbeat_at": now})
+            return missing
+        return self._update(change)
 
     def heartbeat(self, endpoint_id: str) -> None:
         """Stamp the entry alive now. RegistryError if it is not there (reaped): register it again."""

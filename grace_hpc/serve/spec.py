@@ -25,6 +25,11 @@ class ModelLaunch:
     max_num_seqs: int | None
     vllm_version: str | None = None  # the vLLM series the plan targeted (grace_hpc/vllm_version.py); None: llama.cpp
 
+    def argv(self, *, host: str, port: int) -> list[str]:
+        """The engine argv with its {host} and {port} placeholders filled in, and nothing else touched: an argument
+        may be JSON (`--hf-overrides '{"rope_scaling": ...}'`), which `str.format` would take for placeholders."""
+        return [a.replace("{host}", host).replace("{port}", str(port)) for a in self.argv_template]
+
 
 @dataclass(frozen=True)
 class ServeSpec:

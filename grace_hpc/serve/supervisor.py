@@ -1,9 +1,13 @@
 """The in-job server supervisor: the one entry point that runs inside every server job.
 
     pick ports -> make keys -> start engines (logs to files) -> register `starting`
-    -> prove each can serve (one real token) -> `ready` -> heartbeat until told to stop
+    -> prove each can serve (one real token, or one embedding) -> `ready` -> heartbeat until told to stop
     -> on SIGTERM/USR2: `draining`, stop engines, deregister (USR2: requeue via submitit's checkpoint)
     -> on engine exit: record exit code and log tail, deregister, fail the job with that message.
+
+The registry is never a reason to stop serving: a write that fails (NFS ESTALE, a lock held too long, a file
+replaced by hand) is retried at the next heartbeats with backoff, for as long as it takes, and the job's entries
+are put back once the registry can be written again.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import submitit
 
 from grace_hpc.config.cluster import LockMode
 from grace_hpc.errors import EngineError, RegistryError
-from grace_hpc.registry.keys import new_api_key, write_key_file
+from grace_hpc.registry.keys import key_path, new_api_key, write_key_file
 from grace_hpc.registry.records import EndpointRecord, EndpointState, PlanSummary
 from grace_hpc.registry.store import Registry
 from grace_hpc.serve.engine import EngineProcess, log_tail
@@ -33,6 +37,9 @@ from grace_hpc.vllm_version import VllmVersion, version_mismatch
 
 #: After a SIGTERM, how long to wait for the USR2 that follows it on preemption (submitit sends both).
 REQUEUE_SIGNAL_WAIT_S = 2.0
+#: While registry writes fail, retry after 1, 2, 4, 4, ... heartbeats: a sick mount is not hammered, and the job's
+#: entries are back within four heartbeats of the registry's return.
+MAX_BACKOFF_BEATS = 4
 
 
 def free_port(host: str) -> int:
@@ -51,12 +58,25 @@ def current_job_id() -> tuple[str, int | None]:
     return f"local:{os.environ.get('SUBMITIT_LOCAL_JOB_ID') or os.getpid()}", None
 
 
+def beat_interval(heartbeat_s: float, failures: int) -> float:
+    """Seconds until the next registry write after `failures` failed writes in a row (0: all is well)."""
+    return heartbeat_s * min(2 ** max(failures - 1, 0), MAX_BACKOFF_BEATS)
+
+
 @dataclass
 class Running:
+    """One engine of this job. `record` is what the job says about it: published whole at every heartbeat."""
+
     launch: ModelLaunch
     engine: EngineProcess
     record: EndpointRecord
     api_key: str = field(repr=False)
+
+    def set_state(self, state: EndpointState, last_error: str | None = None) -> None:
+        update: dict[str, object] = {"state": state}
+        if last_error is not None:
+            update["last_error"] = last_error
+        self.record = self.record.model_copy(update=update)
 
 
 class Supervisor:
@@ -65,8 +85,10 @@ class Supervisor:
         self.registry = registry or Registry(Path(spec.registry_path), lock_mode=LockMode(spec.lock_mode))
         self.running: list[Running] = []
         self.stopping = threading.Event()
-        self._last_beat = time.monotonic()
-        self._failed: set[str] = set()  # endpoint ids whose engine died: kept as `gone` so `status` shows why
+        self._next_beat = 0.0  # time.monotonic() of the next registry write
+        self._beat_failures = 0  # registry writes failed in a row
+        self._published: set[str] = set()  # endpoint ids written at least once (missing later: put back)
+        self._shut_down = False
 
     # -- lifecycle --------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -74,7 +96,8 @@ class Supervisor:
         t0 = time.time()
         try:
             for launch in self.spec.models:
-                self.running.append(self._start(launch))
+                self._start(launch)
+            self._heartbeat(now=True)  # one write registers every engine `starting`
             self._wait_ready()
             while not self.stopping.wait(self.spec.heartbeat_s):
                 self._check_engines()
@@ -93,16 +116,20 @@ class Supervisor:
         self.stopping.set()
 
     def shutdown(self, reason: str) -> None:
-        """Drain, stop every engine, deregister. Every step is idempotent and nothing is skipped on a second call:
-        on preemption the USR2 handler calls this again while the SIGTERM-triggered call may be half way."""
-        for r in self.running:
-            if r.record.id not in self._failed:
-                self._quietly(self.registry.set_state, r.record.id, EndpointState.DRAINING, last_error=reason)
+        """Drain, stop every engine, deregister, delete the keys. Every step is idempotent and nothing is skipped on
+        a second call: on preemption the USR2 handler calls this again while the SIGTERM-triggered call may be half
+        way. An engine whose start failed half way is in `running` too, so nothing it made is left behind."""
+        self._shut_down = True
+        live = [r for r in self.running if r.record.state is not EndpointState.GONE]  # GONE stays, for `status`
+        for r in live:
+            r.set_state(EndpointState.DRAINING, last_error=reason)
+        if live:
+            self._quietly(self.registry.publish, [r.record for r in live])
         for r in self.running:
             r.engine.stop()
+        for r in live:
+            self._quietly(self.registry.deregister, r.record.id)
         for r in self.running:
-            if r.record.id not in self._failed:
-                self._quietly(self.registry.deregister, r.record.id)
             Path(r.record.api_key_file or "").unlink(missing_ok=True)
 
     @staticmethod
@@ -113,19 +140,17 @@ class Supervisor:
             print(f"grace-hpc supervisor: {exc}", flush=True)
 
     # -- steps ------------------------------------------------------------------------------------------
-    def _start(self, launch: ModelLaunch) -> Running:
+    def _start(self, launch: ModelLaunch) -> None:
         spec = self.spec
         job_id, array_task = current_job_id()
         port = free_port(spec.bind_host)
         host = spec.advertise_host or socket.gethostname()
+        argv = resolve_argv(launch.argv(host=spec.bind_host, port=port))
         endpoint_id = f"{launch.served_model_name}-{uuid.uuid4().hex[:8]}"
         key = new_api_key()
-        key_file = write_key_file(Path(spec.keys_dir), endpoint_id, key)
-        argv = resolve_argv([a.format(host=spec.bind_host, port=port) for a in launch.argv_template])
         env = dict(os.environ, **dict(spec.env), **{launch.key_env: key})
         safe_job = job_id.replace(":", "-")
         engine = EngineProcess(argv, Path(spec.log_dir) / f"{launch.model}-{safe_job}.log", env)
-        engine.start()
         now = time.time()
         record = EndpointRecord(
             id=endpoint_id, model=launch.model, served_model_name=launch.served_model_name,
@@ -133,17 +158,19 @@ class Supervisor:
             partition=spec.partition, gpu_type=spec.gpu_type, engine=launch.engine, host=host, port=port,
             base_url=f"http://{host}:{port}/v1", job_id=job_id, array_task_id=array_task,
             node=socket.gethostname(), pid=os.getpid(), started_at=now, heartbeat_at=now,
-            state=EndpointState.STARTING, api_key_file=str(key_file),
+            state=EndpointState.STARTING, api_key_file=str(key_path(Path(spec.keys_dir), endpoint_id)),
             plan=PlanSummary(
                 dtype=launch.dtype, quantization=launch.quantization,
                 tensor_parallel_size=launch.tensor_parallel_size, max_model_len=launch.max_model_len,
                 max_num_seqs=launch.max_num_seqs,
             ),
         )
-        self.registry.register(record)
+        # in `running` before the key file and the process exist: a failure from here on is cleaned up by shutdown()
+        self.running.append(Running(launch, engine, record, key))
+        write_key_file(Path(spec.keys_dir), endpoint_id, key)
+        engine.start()
         print(f"grace-hpc supervisor: started {launch.model} ({launch.engine}) pid {engine.pid} "
               f"on port {port}, log {engine.log_path}", flush=True)
-        return Running(launch, engine, record, key)
 
     def _wait_ready(self) -> None:
         pending = list(self.running)
@@ -156,7 +183,8 @@ class Supervisor:
                 reason = probe(r.record.base_url.replace(r.record.host, "127.0.0.1", 1), r.launch.served_model_name,
                                r.api_key, r.launch.task, timeout_s=60)
                 if reason is None:
-                    self.registry.set_state(r.record.id, EndpointState.READY)
+                    r.set_state(EndpointState.READY)
+                    self._heartbeat(now=True)
                     print(f"grace-hpc supervisor: {r.launch.model} ready at {r.record.base_url} "
                           f"after {time.time() - r.record.started_at:.1f}s", flush=True)
                     if r.launch.vllm_version and (warning := version_mismatch(
@@ -167,28 +195,37 @@ class Supervisor:
                 names = ", ".join(r.launch.model for r in pending)
                 raise EngineError(f"{names} not serving after {self.spec.ready_timeout_s:.0f}s; see the engine logs "
                                   f"in {self.spec.log_dir}")
-            if time.monotonic() - self._last_beat >= self.spec.heartbeat_s:
-                self._heartbeat()
+            self._heartbeat()
             time.sleep(0.25)
 
     def _check_engines(self) -> None:
         for r in self.running:
             if r.engine.exit_code() is not None:
                 message = f"{r.launch.model}: {r.engine.failure()}"
-                self._failed.add(r.record.id)
-                self._quietly(self.registry.set_state, r.record.id, EndpointState.GONE, last_error=message[:2000])
+                r.set_state(EndpointState.GONE, last_error=message[:2000])
+                self._quietly(self.registry.publish, [r.record])
                 raise EngineError(message)
 
-    def _heartbeat(self) -> None:
-        self._last_beat = time.monotonic()
-        for r in self.running:
-            try:
-                self.registry.heartbeat(r.record.id)
-            except RegistryError:
-                # reaped while we were unreachable (e.g. a long NFS outage): come back under the same id
-                current = self.registry.get(r.record.id)
-                if current is None:
-                    self.registry.register(r.record.model_copy(update={"heartbeat_at": time.time()}))
+    def _heartbeat(self, *, now: bool = False) -> None:
+        """When due (or `now`, after a state change): one registry write for the whole job. A failed write is
+        logged and retried with backoff; the engines keep serving whatever the registry does."""
+        if self._shut_down or (not now and time.monotonic() < self._next_beat):
+            return
+        try:
+            restored = self.registry.publish([r.record for r in self.running])
+        except RegistryError as exc:
+            self._beat_failures += 1
+            print(f"grace-hpc supervisor: registry write failed ({self._beat_failures} in a row; the engines keep "
+                  f"serving, next try in {beat_interval(self.spec.heartbeat_s, self._beat_failures):g}s): {exc}",
+                  flush=True)
+        else:
+            lost = [i for i in restored if i in self._published]
+            if self._beat_failures or lost:
+                print(f"grace-hpc supervisor: registry written again after {self._beat_failures} failed write(s); "
+                      f"put back {len(lost)} missing entr(ies)", flush=True)
+            self._published.update(r.record.id for r in self.running)
+            self._beat_failures = 0
+        self._next_beat = time.monotonic() + beat_interval(self.spec.heartbeat_s, self._beat_failures)
 
 
 class ServerJob(submitit.helpers.Checkpointable):
