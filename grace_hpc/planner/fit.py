@@ -60,6 +60,8 @@ class Settings:
     min_concurrency: int
     cpu_offload_gb: float | None  # pinned
     version: VllmVersion
+    # the top-k/top-p implementation (memory.SAMPLER_BYTES_PER_LOGIT); None: what a default install of `version` runs
+    sampler: str | None = None
 
 
 def vllm_batch_defaults(gpu: GPU, version: VllmVersion) -> tuple[int, int]:
@@ -127,7 +129,7 @@ def fit_vllm(spec: ModelSpec, gpu: GPU, cand: Candidate, tp: int, s: Settings) -
         return mem.kv_bytes_per_request(arch, tp, elem, tokens, batched_tokens, s.version)
 
     def short() -> bool:
-        activation = mem.activation_bytes(arch, tp, dtype_bytes, batched_tokens, seqs, s.version)
+        activation = mem.activation_bytes(arch, tp, dtype_bytes, batched_tokens, seqs, s.version, s.sampler)
         return weights + activation + overhead + per_request(s.min_len) * s.min_concurrency > budget
 
     # cheaper levers than compression, in vLLM's own knobs: H100-class defaults (1024 sequences, 8192 batched
@@ -143,7 +145,7 @@ def fit_vllm(spec: ModelSpec, gpu: GPU, cand: Candidate, tp: int, s: Settings) -
         batched_tokens = rendered_tokens = SMALL_BATCHED_TOKENS
         reasons.append(f"--max-num-batched-tokens {SMALL_BATCHED_TOKENS} instead of vLLM's {default_tokens}: "
                        "a smaller profiled forward (and sliding-window reserve) leaves room for the KV cache")
-    activation = mem.activation_bytes(arch, tp, dtype_bytes, batched_tokens, seqs, s.version)
+    activation = mem.activation_bytes(arch, tp, dtype_bytes, batched_tokens, seqs, s.version, s.sampler)
     offload = 0.0
     if s.cpu_offload_gb is not None:
         offload = s.cpu_offload_gb * GIB

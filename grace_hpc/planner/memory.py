@@ -36,6 +36,7 @@ __all__ = [
     "kv_bytes_per_token",
     "kv_bytes_per_request",
     "activation_bytes",
+    "SAMPLER_BYTES_PER_LOGIT",
     "non_torch_bytes",
     "CUDA_GRAPHS_GIB",
     "outside_budget_bytes",
@@ -303,6 +304,17 @@ def kv_tokens(kv_bytes: float, arch: Architecture, tp: int, elem_bytes: int) -> 
     return int(kv_bytes // per_block) * BLOCK_SIZE
 
 
+# Peak bytes per vocabulary entry and row of the profile run's sampler warm-up (`_dummy_sampler_run`: max_num_seqs
+# rows, top-k and top-p on), by top-k/top-p implementation (VllmVersion.default_sampler picks one per release).
+# Every path holds the model-dtype logits (2 B) and their float32 copy (v1/sample/sampler.py, 4 B), then:
+# - "flashinfer": top_k_top_p_sampling_from_logits, filter order "top_k_first" (flashinfer/sampling.py 0.3:
+#   top_k_mask_logits, an empty_like copy, then its softmax): 4 + 4 B more, 14 B;
+# - "triton": in place, then the softmax probabilities and random_sample's exponential draws (4 + 4 B), 14 B;
+# - "pytorch": the sort (float32 values + int64 indices), its softmax/cumsum, the masks and the scatter back;
+#   fitted at 38 B on gpt-oss-120b on one H100 (vllm#23278 on 0.10.1, vllm#27508 on 0.11.0: 1024 rows x
+#   201,088 logits lost 7.4-7.5 GiB besides the weights in both logs, forward and non-torch memory included).
+SAMPLER_BYTES_PER_LOGIT = {"flashinfer": 14, "triton": 14, "pytorch": 38}
+
 # Calibration constants of the activation model (bench/planner_accuracy.py fits and checks them).
 ACTIVATION_BASE_GIB = 0.25  # allocator slack, dummy inputs, small buffers
 ACTIVATION_SCALE = 1.0
@@ -310,7 +322,7 @@ ACTIVATION_SCALE = 1.0
 
 def activation_bytes(
     arch: Architecture, tp: int, dtype_bytes: int, max_num_batched_tokens: int, max_num_seqs: int,
-    version: VllmVersion,
+    version: VllmVersion, sampler: str | None = None,
 ) -> float:
     """Peak of vLLM's profile run (`profile_run`): a forward of max_num_batched_tokens tokens, then the sampler.
 
@@ -321,8 +333,9 @@ def activation_bytes(
     Llama-3.1-8B on an RTX 3090 (vllm#10517) peaks at 2.07 GiB for 20000 tokens and 2.99 GiB for 29000, 110 KiB
     per token = 2 bytes x (3 x 14336 + 3.2 x 4096).
     Sampler peak (`_dummy_sampler_run`, max_num_seqs rows over the vocabulary, top-k/top-p on): bytes per logit
-    by version (VllmVersion.sampler_bytes_per_logit). There is no per-expert term: vLLM has no such allocation,
-    and the large-MoE rows that once suggested one are explained by the sampler and the MXFP4 padding.
+    of `sampler` (SAMPLER_BYTES_PER_LOGIT; None: the release's default, VllmVersion.default_sampler). There is no
+    per-expert term: vLLM has no such allocation, and the large-MoE rows that once suggested one are explained by the
+    sampler and the MXFP4 padding.
     """
     tokens = max_num_batched_tokens
     h = arch.hidden_size
@@ -333,8 +346,9 @@ def activation_bytes(
         moe_width = arch.moe.experts_per_token * arch.moe.expert_intermediate_size
         mlp = max(mlp, 3 * tokens * moe_width / tp * dtype_bytes)
     forward = residual + max(attn, mlp)
-    sampler = version.sampler_bytes_per_logit * max_num_seqs * arch.vocab_size
-    return ACTIVATION_SCALE * max(forward, sampler) + ACTIVATION_BASE_GIB * GIB
+    per_logit = SAMPLER_BYTES_PER_LOGIT[sampler or version.default_sampler]
+    sampler_peak = per_logit * max_num_seqs * arch.vocab_size
+    return ACTIVATION_SCALE * max(forward, sampler_peak) + ACTIVATION_BASE_GIB * GIB
 
 
 def non_torch_bytes(tp: int) -> float:
