@@ -86,11 +86,12 @@ def test_a_0_11_row_is_sized_with_the_sampler_its_log_names() -> None:
 
 def test_a_v0_tensor_parallel_row_is_judged_by_rank_0s_cache() -> None:
     # r1-distill-qwen-14b/2xRTX4090/u0.98 (V0): rank 1 profiles no sampler (V0 gathers the logits on rank 0 only), so
-    # its quoted 8.69 GiB is not the cache the engine sized; rank 0's is what the 81536 logged tokens hold
+    # its quoted 8.69 GiB is not the cache the engine sized; rank 0's is what the 81536 logged tokens hold. Within
+    # 5 %: V0 also charged its NCCL buffers (0.25 GiB) inside the budget, which the V1 rules leave outside
     r = next(r for r in RESULTS if r["id"] == "r1-distill-qwen-14b/2xRTX4090/u0.98")
     tokens_gib = r["tokens"][1] * 48 * 2 * 4 * 128 * 2 / 1024**3
     assert r["kv"][1] == pytest.approx(tokens_gib, abs=0.01)
-    assert abs(r["kv_err_pct"]) <= 2
+    assert abs(r["kv_err_pct"]) <= 5
 
 
 def test_every_fits_verdict_matches_the_log() -> None:
@@ -107,3 +108,11 @@ def test_gpt_oss_120b_fits_one_h100_on_0_11_only_with_fewer_sequences() -> None:
     full = plan_model(CATALOG.get("gpt-oss-120b"), get_gpu("H100-80GB"), 1,
                       replace(v11, max_model_len=131072, max_num_seqs=1024, cpu_offload_gb=0))
     assert not full.fits
+
+
+def test_tensor_parallel_v1_rows_charge_no_nccl_inside_the_budget() -> None:
+    # qwen2-7b/2xA100-80GB/tp2/u0.50, qwen2-7b/2xA100-40GB/tp2/u0.50, gpt-oss-120b/4xA100-80GB/tp4/u0.80 (0.10.1.1):
+    # within 2 % once NCCL lives in the headroom (they were 0.4-0.5 GiB short with it inside)
+    rows = [r for r in RESULTS if r["series"] == "0.10" and "/tp" in r["id"]]
+    assert len(rows) == 3
+    assert all(abs(r["kv_err_pct"]) <= 2 for r in rows), [(r["id"], r["kv_err_pct"]) for r in rows]

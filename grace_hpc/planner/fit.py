@@ -115,7 +115,7 @@ def fit_vllm(spec: ModelSpec, gpu: GPU, cand: Candidate, tp: int, s: Settings) -
     default_tokens, default_seqs = vllm_batch_defaults(gpu, s.version)
     batched_tokens = s.max_num_batched_tokens or default_tokens
     seqs = s.max_num_seqs or default_seqs
-    overhead = mem.non_torch_bytes(tp) + (mem.CUDA_GRAPHS_GIB * GIB if s.version.cudagraphs_in_budget else 0.0)
+    overhead = (mem.NON_TORCH_GIB + (mem.CUDA_GRAPHS_GIB if s.version.cudagraphs_in_budget else 0.0)) * GIB
     reasons: list[str] = []
     utilization = s.utilization
     if s.version.cudagraphs_in_budget and not s.utilization_pinned:
@@ -190,11 +190,12 @@ def fit_vllm(spec: ModelSpec, gpu: GPU, cand: Candidate, tp: int, s: Settings) -
     elif length < s.target_len:
         reasons.append(f"context capped at {length} tokens (model supports {s.target_len}): KV cache room")
     headroom = (1 - utilization) * gpu.memory_gib * GIB
-    outside = mem.outside_budget_bytes(s.version)
+    outside = mem.outside_budget_bytes(s.version, tp)
     if headroom < outside:
         reasons.append(
             f"only {headroom / GIB:.2f} GiB outside the utilization budget for the CUDA context"
-            f"{'' if s.version.cudagraphs_in_budget else ' and CUDA graphs'} (~{outside / GIB:.1f} GiB): "
+            f"{', NCCL' if tp > 1 else ''}{'' if s.version.cudagraphs_in_budget else ' and CUDA graphs'} "
+            f"(~{outside / GIB:.1f} GiB): "
             "startup may run out of memory"
         )
     kv = max(kv, 0.0)

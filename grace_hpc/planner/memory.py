@@ -37,7 +37,8 @@ __all__ = [
     "kv_bytes_per_request",
     "activation_bytes",
     "SAMPLER_BYTES_PER_LOGIT",
-    "non_torch_bytes",
+    "NON_TORCH_GIB",
+    "NCCL_GIB",
     "CUDA_GRAPHS_GIB",
     "outside_budget_bytes",
     "mxfp4_backend",
@@ -351,11 +352,16 @@ def activation_bytes(
     return ACTIVATION_SCALE * max(forward, sampler_peak) + ACTIVATION_BASE_GIB * GIB
 
 
-def non_torch_bytes(tp: int) -> float:
-    """Memory inside the budget that torch does not allocate: cuBLAS workspaces, and NCCL/custom all-reduce
-    buffers under tensor parallelism (V0 logs print it as "non_torch_memory takes X GiB": ~0.1 alone,
-    0.25-0.6 under TP, e.g. vllm#13061)."""
-    return (0.1 if tp == 1 else 0.4) * GIB
+# Memory inside the budget that torch does not allocate and that appears after the worker's baseline snapshot
+# (workspaces, kernels loaded on first use): ~0.1 GiB, whatever the TP size. The NCCL communicators and custom
+# all-reduce buffers of tensor parallelism are created before that snapshot (v1/worker/gpu_worker.py init_device:
+# init_worker_distributed_environment, then MemorySnapshot, at 0.11, 0.19 and 0.33: "Initialize the distributed
+# environment BEFORE taking memory snapshot. This ensures NCCL buffers are allocated before we measure"), so they
+# live in the headroom with the CUDA context (NCCL_GIB). V0 charged them inside the budget ("non_torch_memory takes
+# 0.25GiB" at TP 2, vllm#13061); the 0.10.1.1 logs at TP 2 and 4 (bench rows qwen2-7b/2x*/tp2, gpt-oss-120b/4x*/tp4)
+# leave no room for them.
+NON_TORCH_GIB = 0.1
+NCCL_GIB = 0.3  # NCCL and custom all-reduce buffers per GPU under TP (V0's 0.25 GiB at TP 2, vllm#13061)
 
 
 CUDA_CONTEXT_GIB = 0.5  # CUDA context, cuBLAS/cuDNN handles: outside the budget in every release
@@ -365,6 +371,8 @@ CUDA_CONTEXT_GIB = 0.5  # CUDA context, cuBLAS/cuDNN handles: outside the budget
 CUDA_GRAPHS_GIB = 0.5
 
 
-def outside_budget_bytes(version: VllmVersion) -> float:
-    """What lives in the (1 - utilization) headroom: the CUDA context, and the CUDA graphs before 0.21."""
-    return (CUDA_CONTEXT_GIB + (0.0 if version.cudagraphs_in_budget else CUDA_GRAPHS_GIB)) * GIB
+def outside_budget_bytes(version: VllmVersion, tp: int = 1) -> float:
+    """What lives in the (1 - utilization) headroom: the CUDA context, NCCL under TP, and the CUDA graphs before
+    0.21."""
+    graphs = 0.0 if version.cudagraphs_in_budget else CUDA_GRAPHS_GIB
+    return (CUDA_CONTEXT_GIB + (NCCL_GIB if tp > 1 else 0.0) + graphs) * GIB
