@@ -10,9 +10,9 @@ How vLLM (V1 engine, 0.8 and later) spends a GPU, which is what this module pred
     startup refuses when KV memory cannot hold one request of max_model_len ("No available memory for the cache
     blocks" / "To serve at least one request with the models's max seq len ...").
 
-The CUDA context lives *outside* the budget, in the (1 - utilization) headroom; CUDA graphs too up to 0.20, and
-inside the budget from 0.21 (VllmVersion.cudagraphs_in_budget). What changes between releases is a property of
-`VllmVersion` (grace_hpc/vllm_version.py), passed in here.
+The CUDA context (and under TP the NCCL buffers) lives *outside* the budget, in the (1 - utilization) headroom; CUDA
+graphs too up to 0.20, and inside the budget from 0.21 (VllmVersion.cudagraphs_in_budget). What changes between
+releases is a property of `VllmVersion` (grace_hpc/vllm_version.py), passed in here.
 Calibrated against real startup logs: bench/data/vllm_startup_logs.yaml, bench/planner_accuracy.py.
 """
 
