@@ -32,7 +32,8 @@ from grace_hpc.planner.precision import resolve_dtype  # noqa: E402
 from grace_hpc.vllm_version import VllmVersion  # noqa: E402
 
 DATA = ROOT / "bench" / "data" / "vllm_startup_logs.yaml"
-OLDER = "older than 0.11"
+V0_10 = "0.10"  # V1 0.10.x, sized with 0.11's rules (the same accounting, see the docstring)
+OLDER = "older than 0.10"
 TARGETS = {"weights median": 2.0, "KV median": 5.0, "KV worst": 15.0}
 
 
@@ -63,7 +64,7 @@ def _size_logged(spec: ModelSpec, gpu: GPU, row: dict[str, Any]) -> Plan:
         utilization_pinned=True,
         max_num_seqs=row.get("max_num_seqs") or seqs, max_num_batched_tokens=row.get("max_num_batched_tokens") or tokens,
         min_len=row["max_model_len"], target_len=row["max_model_len"], min_concurrency=1, cpu_offload_gb=0,
-        version=version,
+        version=version, sampler=row.get("sampler"),
     )
     return fit_vllm(spec, gpu, cand, row["tensor_parallel_size"], settings)
 
@@ -99,10 +100,11 @@ def evaluate(data: dict[str, Any], catalog: Catalog) -> list[dict[str, Any]]:
 
 
 def _series(row: dict[str, Any]) -> str:
-    """The supported series whose rules size the row, or OLDER."""
+    """The supported series whose rules size the row, V0_10, or OLDER."""
     release = row["vllm_version"]
-    if int(release.split(".")[1]) < VllmVersion.V0_11.minor:
-        return OLDER
+    minor = int(release.split(".")[1])
+    if minor < VllmVersion.V0_11.minor:
+        return V0_10 if minor == 10 else OLDER
     return VllmVersion.covering(release).value
 
 
@@ -154,14 +156,14 @@ def main(argv: list[str] | None = None) -> int:
                for k in ("weights_err_pct", "kv_err_pct", "tokens_err_pct")}
         verdict = r["fits"]
         mark = "" if verdict[1] is None else ("ok" if verdict[0] == verdict[1] else "WRONG")
-        rules = "0.11" if r["series"] == OLDER else r["series"]
+        rules = VllmVersion.covering(r["vllm"]).value
         print(f"{r['id']:38} {r['vllm']:9} {rules:5} {r['role']:8} {_fmt(r['weights']):>24} "
               f"{pct['weights_err_pct']} {_fmt(r['kv']):>22} {pct['kv_err_pct']} {pct['tokens_err_pct']:>10}  "
               f"{verdict[0]!s:5}/{verdict[1]!s:5} {mark}")
     print()
     print(f"per series (target: weights median <= {TARGETS['weights median']:g} %, KV median <= "
           f"{TARGETS['KV median']:g} %, KV worst <= {TARGETS['KV worst']:g} %, every verdict right)")
-    for series in [v.value for v in VllmVersion] + [OLDER]:
+    for series in [v.value for v in VllmVersion] + [V0_10, OLDER]:
         for role in ("fit", "held_out"):
             group = [r for r in results if r["series"] == series and r["role"] == role]
             if not group:

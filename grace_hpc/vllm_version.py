@@ -102,17 +102,17 @@ class VllmVersion(str, Enum):
     # --- memory ----------------------------------------------------------------------------------------------
 
     @property
-    def sampler_bytes_per_logit(self) -> int:
-        """Peak bytes per vocabulary entry and row of the profile run's sampler warm-up (`_dummy_sampler_run`,
-        top-k and top-p on). 0.11 sorts in PyTorch (v1/sample/ops/topk_topp_sampler.py forward_native: float32
-        logits + probabilities, the sorted copy and int64 indices, ~28 B); 0.19 uses a Triton top-k/top-p kernel
-        for 8+ rows (topk_topp_sampler.py apply_top_k_top_p) and 0.33 FlashInfer by default
-        (envs.py VLLM_USE_FLASHINFER_SAMPLER = True): logits and probabilities, ~14 B. The 0.11 figure is fitted:
-        gpt-oss-120b on one H100 (vllm#23278 on 0.10.1, vllm#27508 on 0.11.0, 1024 rows x 201,088 logits) lost
-        7.4-7.5 GiB besides its weights in both logs, 38 B per logit with the forward and non-torch memory; the
-        sort path's own tensors (float32 logits, sorted values, int64 indices, softmax, cumsum, mask, scatter)
-        add up to about that."""
-        return 38 if self is VllmVersion.V0_11 else 14
+    def default_sampler(self) -> str:
+        """The top-k/top-p implementation the profile run's sampler warm-up uses in a default install (its memory:
+        memory.SAMPLER_BYTES_PER_LOGIT). 0.11 samples with FlashInfer whenever `flashinfer` imports
+        (v1/sample/ops/topk_topp_sampler.py TopKTopPSampler.__init__: VLLM_USE_FLASHINFER_SAMPLER unset counts as
+        on), but the wheel installs FlashInfer only with its `flashinfer` extra (METADATA: flashinfer-python; extra
+        == "flashinfer"), so `pip install vllm==0.11.0` sorts in PyTorch ("FlashInfer is not available. Falling
+        back to the PyTorch-native implementation"), while an environment with FlashInfer installed beside it
+        logs "Using FlashInfer for top-p & top-k sampling." (14 B per logit, not 38). 0.19 makes FlashInfer opt-in
+        (VLLM_USE_FLASHINFER_SAMPLER=1) and uses a Triton top-k/top-p kernel for 8+ rows (topk_topp_sampler.py
+        apply_top_k_top_p); 0.33 uses FlashInfer by default (envs.py VLLM_USE_FLASHINFER_SAMPLER = True)."""
+        return {VllmVersion.V0_11: "pytorch", VllmVersion.V0_19: "triton"}.get(self, "flashinfer")
 
     @property
     def sliding_window_in_flight_batches(self) -> int:

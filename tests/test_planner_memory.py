@@ -156,3 +156,37 @@ def test_activation_peak_grows_with_batched_tokens() -> None:
     # forward at 8192 tokens: 3 hidden-size tensors 3 x 8192 x 4096 x 2 + MLP 3 x 8192 x 14336 x 2 bytes, plus the base
     forward = 3 * 8192 * 4096 * 2 + 3 * 8192 * 14336 * 2
     assert large == pytest.approx(mem.ACTIVATION_SCALE * forward + mem.ACTIVATION_BASE_GIB * GIB)
+
+
+# Qwen/Qwen2.5-7B-Instruct config.json (vocabulary 152,064)
+QWEN25_7B = Architecture(
+    model_type="qwen2", num_hidden_layers=28, hidden_size=3584, intermediate_size=18944, num_attention_heads=28,
+    num_key_value_heads=4, head_dim=128, vocab_size=152064, max_position_embeddings=32768,
+    tie_word_embeddings=False, torch_dtype="bfloat16", attention_bias=True,
+)
+
+
+def test_a_release_s_default_install_picks_its_sampler() -> None:
+    # `pip install vllm==0.11.0` has no FlashInfer (an extra of the wheel): PyTorch sort; 0.19 Triton; 0.33 FlashInfer
+    assert [v.default_sampler for v in VllmVersion] == ["pytorch", "triton", "flashinfer"]
+
+
+def test_the_sampler_a_0_11_log_names_sets_the_profiled_peak() -> None:
+    # rows qwen2.5-7b/A10G/len32768 (vLLM 0.11.0, "Using FlashInfer for top-p & top-k sampling.") and
+    # qwen2-7b/2xA100-40GB/tp2/u0.50 (0.10.1.1, "FlashInfer is not available. Falling back to the PyTorch-native
+    # implementation"): 256 sequences x 152,064 logits at 14 and 38 bytes, above the 2048-token forward
+    flashinfer = mem.activation_bytes(QWEN25_7B, 1, 2, 2048, 256, VllmVersion.V0_11, "flashinfer")
+    pytorch = mem.activation_bytes(QWEN25_7B, 1, 2, 2048, 256, VllmVersion.V0_11)
+    base = mem.ACTIVATION_BASE_GIB * GIB
+    assert flashinfer == pytest.approx(14 * 256 * 152064 + base)
+    assert pytorch == pytest.approx(38 * 256 * 152064 + base)
+    assert mem.activation_bytes(QWEN25_7B, 1, 2, 2048, 256, VllmVersion.V0_19) == pytest.approx(flashinfer)
+
+
+def test_nccl_buffers_sit_in_the_headroom_under_tensor_parallelism() -> None:
+    # V1 creates the NCCL communicators and custom all-reduce buffers before its baseline snapshot, so they sit in the
+    # headroom with the CUDA context: rows qwen2-7b/2xA100-80GB/tp2/u0.50, qwen2-7b/2xA100-40GB/tp2/u0.50 and
+    # gpt-oss-120b/4xA100-80GB/tp4/u0.80 (vLLM 0.10.1.1) were 0.4-0.5 GiB short with V0's 0.4 GiB inside the budget
+    alone = mem.outside_budget_bytes(VllmVersion.V0_19)
+    assert mem.outside_budget_bytes(VllmVersion.V0_19, 2) - alone == pytest.approx(mem.NCCL_GIB * GIB)
+    assert mem.outside_budget_bytes(VllmVersion.V0_33, 4) == pytest.approx((mem.CUDA_CONTEXT_GIB + mem.NCCL_GIB) * GIB)

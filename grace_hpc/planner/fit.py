@@ -60,6 +60,8 @@ class Settings:
     min_concurrency: int
     cpu_offload_gb: float | None  # pinned
     version: VllmVersion
+    # the top-k/top-p implementation (memory.SAMPLER_BYTES_PER_LOGIT); None: what a default install of `version` runs
+    sampler: str | None = None
 
 
 def vllm_batch_defaults(gpu: GPU, version: VllmVersion) -> tuple[int, int]:
@@ -114,7 +116,7 @@ def fit_vllm(spec: ModelSpec, gpu: GPU, cand: Candidate, tp: int, s: Settings) -
     default_tokens, default_seqs = vllm_batch_defaults(gpu, s.version)
     batched_tokens = s.max_num_batched_tokens or default_tokens
     seqs = s.max_num_seqs or default_seqs
-    overhead = mem.non_torch_bytes(tp) + (mem.CUDA_GRAPHS_GIB * GIB if s.version.cudagraphs_in_budget else 0.0)
+    overhead = (mem.NON_TORCH_GIB + (mem.CUDA_GRAPHS_GIB if s.version.cudagraphs_in_budget else 0.0)) * GIB
     reasons: list[str] = []
     utilization = s.utilization
     if s.version.cudagraphs_in_budget and not s.utilization_pinned:
@@ -128,7 +130,7 @@ def fit_vllm(spec: ModelSpec, gpu: GPU, cand: Candidate, tp: int, s: Settings) -
         return mem.kv_bytes_per_request(arch, tp, elem, tokens, batched_tokens, s.version)
 
     def short() -> bool:
-        activation = mem.activation_bytes(arch, tp, dtype_bytes, batched_tokens, seqs, s.version)
+        activation = mem.activation_bytes(arch, tp, dtype_bytes, batched_tokens, seqs, s.version, s.sampler)
         return weights + activation + overhead + per_request(s.min_len) * s.min_concurrency > budget
 
     # cheaper levers than compression, in vLLM's own knobs: H100-class defaults (1024 sequences, 8192 batched
@@ -144,7 +146,7 @@ def fit_vllm(spec: ModelSpec, gpu: GPU, cand: Candidate, tp: int, s: Settings) -
         batched_tokens = rendered_tokens = SMALL_BATCHED_TOKENS
         reasons.append(f"--max-num-batched-tokens {SMALL_BATCHED_TOKENS} instead of vLLM's {default_tokens}: "
                        "a smaller profiled forward (and sliding-window reserve) leaves room for the KV cache")
-    activation = mem.activation_bytes(arch, tp, dtype_bytes, batched_tokens, seqs, s.version)
+    activation = mem.activation_bytes(arch, tp, dtype_bytes, batched_tokens, seqs, s.version, s.sampler)
     offload = 0.0
     if s.cpu_offload_gb is not None:
         offload = s.cpu_offload_gb * GIB
@@ -189,11 +191,12 @@ def fit_vllm(spec: ModelSpec, gpu: GPU, cand: Candidate, tp: int, s: Settings) -
     elif length < s.target_len:
         reasons.append(f"context capped at {length} tokens (model supports {s.target_len}): KV cache room")
     headroom = (1 - utilization) * gpu.memory_gib * GIB
-    outside = mem.outside_budget_bytes(s.version)
+    outside = mem.outside_budget_bytes(s.version, tp)
     if headroom < outside:
         reasons.append(
             f"only {headroom / GIB:.2f} GiB outside the utilization budget for the CUDA context"
-            f"{'' if s.version.cudagraphs_in_budget else ' and CUDA graphs'} (~{outside / GIB:.1f} GiB): "
+            f"{', NCCL' if tp > 1 else ''}{'' if s.version.cudagraphs_in_budget else ' and CUDA graphs'} "
+            f"(~{outside / GIB:.1f} GiB): "
             "startup may run out of memory"
         )
     kv = max(kv, 0.0)

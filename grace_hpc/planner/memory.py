@@ -10,9 +10,9 @@ How vLLM (V1 engine, 0.8 and later) spends a GPU, which is what this module pred
     startup refuses when KV memory cannot hold one request of max_model_len ("No available memory for the cache
     blocks" / "To serve at least one request with the models's max seq len ...").
 
-The CUDA context lives *outside* the budget, in the (1 - utilization) headroom; CUDA graphs too up to 0.20, and
-inside the budget from 0.21 (VllmVersion.cudagraphs_in_budget). What changes between releases is a property of
-`VllmVersion` (grace_hpc/vllm_version.py), passed in here.
+The CUDA context (and under TP the NCCL buffers) lives *outside* the budget, in the (1 - utilization) headroom; CUDA
+graphs too up to 0.20, and inside the budget from 0.21 (VllmVersion.cudagraphs_in_budget). What changes between
+releases is a property of `VllmVersion` (grace_hpc/vllm_version.py), passed in here.
 Calibrated against real startup logs: bench/data/vllm_startup_logs.yaml, bench/planner_accuracy.py.
 """
 
@@ -36,7 +36,9 @@ __all__ = [
     "kv_bytes_per_token",
     "kv_bytes_per_request",
     "activation_bytes",
-    "non_torch_bytes",
+    "SAMPLER_BYTES_PER_LOGIT",
+    "NON_TORCH_GIB",
+    "NCCL_GIB",
     "CUDA_GRAPHS_GIB",
     "outside_budget_bytes",
     "mxfp4_backend",
@@ -303,6 +305,17 @@ def kv_tokens(kv_bytes: float, arch: Architecture, tp: int, elem_bytes: int) -> 
     return int(kv_bytes // per_block) * BLOCK_SIZE
 
 
+# Peak bytes per vocabulary entry and row of the profile run's sampler warm-up (`_dummy_sampler_run`: max_num_seqs
+# rows, top-k and top-p on), by top-k/top-p implementation (VllmVersion.default_sampler picks one per release).
+# Every path holds the model-dtype logits (2 B) and their float32 copy (v1/sample/sampler.py, 4 B), then:
+# - "flashinfer": top_k_top_p_sampling_from_logits, filter order "top_k_first" (flashinfer/sampling.py 0.3:
+#   top_k_mask_logits, an empty_like copy, then its softmax): 4 + 4 B more, 14 B;
+# - "triton": in place, then the softmax probabilities and random_sample's exponential draws (4 + 4 B), 14 B;
+# - "pytorch": the sort (float32 values + int64 indices), its softmax/cumsum, the masks and the scatter back;
+#   fitted at 38 B on gpt-oss-120b on one H100 (vllm#23278 on 0.10.1, vllm#27508 on 0.11.0: 1024 rows x
+#   201,088 logits lost 7.4-7.5 GiB besides the weights in both logs, forward and non-torch memory included).
+SAMPLER_BYTES_PER_LOGIT = {"flashinfer": 14, "triton": 14, "pytorch": 38}
+
 # Calibration constants of the activation model (bench/planner_accuracy.py fits and checks them).
 ACTIVATION_BASE_GIB = 0.25  # allocator slack, dummy inputs, small buffers
 ACTIVATION_SCALE = 1.0
@@ -310,7 +323,7 @@ ACTIVATION_SCALE = 1.0
 
 def activation_bytes(
     arch: Architecture, tp: int, dtype_bytes: int, max_num_batched_tokens: int, max_num_seqs: int,
-    version: VllmVersion,
+    version: VllmVersion, sampler: str | None = None,
 ) -> float:
     """Peak of vLLM's profile run (`profile_run`): a forward of max_num_batched_tokens tokens, then the sampler.
 
@@ -321,8 +334,9 @@ def activation_bytes(
     Llama-3.1-8B on an RTX 3090 (vllm#10517) peaks at 2.07 GiB for 20000 tokens and 2.99 GiB for 29000, 110 KiB
     per token = 2 bytes x (3 x 14336 + 3.2 x 4096).
     Sampler peak (`_dummy_sampler_run`, max_num_seqs rows over the vocabulary, top-k/top-p on): bytes per logit
-    by version (VllmVersion.sampler_bytes_per_logit). There is no per-expert term: vLLM has no such allocation,
-    and the large-MoE rows that once suggested one are explained by the sampler and the MXFP4 padding.
+    of `sampler` (SAMPLER_BYTES_PER_LOGIT; None: the release's default, VllmVersion.default_sampler). There is no
+    per-expert term: vLLM has no such allocation, and the large-MoE rows that once suggested one are explained by the
+    sampler and the MXFP4 padding.
     """
     tokens = max_num_batched_tokens
     h = arch.hidden_size
@@ -333,15 +347,21 @@ def activation_bytes(
         moe_width = arch.moe.experts_per_token * arch.moe.expert_intermediate_size
         mlp = max(mlp, 3 * tokens * moe_width / tp * dtype_bytes)
     forward = residual + max(attn, mlp)
-    sampler = version.sampler_bytes_per_logit * max_num_seqs * arch.vocab_size
-    return ACTIVATION_SCALE * max(forward, sampler) + ACTIVATION_BASE_GIB * GIB
+    per_logit = SAMPLER_BYTES_PER_LOGIT[sampler or version.default_sampler]
+    sampler_peak = per_logit * max_num_seqs * arch.vocab_size
+    return ACTIVATION_SCALE * max(forward, sampler_peak) + ACTIVATION_BASE_GIB * GIB
 
 
-def non_torch_bytes(tp: int) -> float:
-    """Memory inside the budget that torch does not allocate: cuBLAS workspaces, and NCCL/custom all-reduce
-    buffers under tensor parallelism (V0 logs print it as "non_torch_memory takes X GiB": ~0.1 alone,
-    0.25-0.6 under TP, e.g. vllm#13061)."""
-    return (0.1 if tp == 1 else 0.4) * GIB
+# Memory inside the budget that torch does not allocate and that appears after the worker's baseline snapshot
+# (workspaces, kernels loaded on first use): ~0.1 GiB, whatever the TP size. The NCCL communicators and custom
+# all-reduce buffers of tensor parallelism are created before that snapshot (v1/worker/gpu_worker.py init_device:
+# init_worker_distributed_environment, then MemorySnapshot, at 0.11, 0.19 and 0.33: "Initialize the distributed
+# environment BEFORE taking memory snapshot. This ensures NCCL buffers are allocated before we measure"), so they
+# live in the headroom with the CUDA context (NCCL_GIB). V0 charged them inside the budget ("non_torch_memory takes
+# 0.25GiB" at TP 2, vllm#13061); the 0.10.1.1 logs at TP 2 and 4 (bench rows qwen2-7b/2x*/tp2, gpt-oss-120b/4x*/tp4)
+# leave no room for them.
+NON_TORCH_GIB = 0.1
+NCCL_GIB = 0.3  # NCCL and custom all-reduce buffers per GPU under TP (V0's 0.25 GiB at TP 2, vllm#13061)
 
 
 CUDA_CONTEXT_GIB = 0.5  # CUDA context, cuBLAS/cuDNN handles: outside the budget in every release
@@ -351,6 +371,8 @@ CUDA_CONTEXT_GIB = 0.5  # CUDA context, cuBLAS/cuDNN handles: outside the budget
 CUDA_GRAPHS_GIB = 0.5
 
 
-def outside_budget_bytes(version: VllmVersion) -> float:
-    """What lives in the (1 - utilization) headroom: the CUDA context, and the CUDA graphs before 0.21."""
-    return (CUDA_CONTEXT_GIB + (0.0 if version.cudagraphs_in_budget else CUDA_GRAPHS_GIB)) * GIB
+def outside_budget_bytes(version: VllmVersion, tp: int = 1) -> float:
+    """What lives in the (1 - utilization) headroom: the CUDA context, NCCL under TP, and the CUDA graphs before
+    0.21."""
+    graphs = 0.0 if version.cudagraphs_in_budget else CUDA_GRAPHS_GIB
+    return (CUDA_CONTEXT_GIB + (NCCL_GIB if tp > 1 else 0.0) + graphs) * GIB
