@@ -26,6 +26,7 @@ SUBCOMMANDS = (
     "route",
     "work",
     "status",
+    "bench",
     "demo",
 )
 
