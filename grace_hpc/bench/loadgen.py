@@ -40,10 +40,14 @@ class Budget:
 
 
 def session(request_timeout_s: float) -> aiohttp.ClientSession:
-    """No connection limit (open loop must not queue in the client) and explicit timeouts: connecting, and the
-    longest silence between two chunks of a stream."""
+    """No connection limit (open loop must not queue in the client), a fresh connection per request, and explicit
+    timeouts: connecting, and the longest silence between two chunks of a stream.
+
+    Fresh connections because llama.cpp's server closes a connection after a streamed answer: a pooled one would
+    fail the next request half the time ("Server disconnected"), an error of the client, not of the server. On
+    loopback or a cluster network a TCP handshake adds well under a millisecond to TTFT."""
     return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=0),
+        connector=aiohttp.TCPConnector(limit=0, force_close=True),
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=10.0, sock_read=request_timeout_s),
     )
 

@@ -34,7 +34,7 @@ class LoadPlan:
 class TargetResult:
     target: Target
     levels: tuple[LevelStats, ...]
-    capacity: MeasuredCapacity | None  # sustainable throughput at the TTFT target (closed loop only)
+    capacity: MeasuredCapacity | None  # sustainable at the TTFT target (closed loop, endpoints measured directly)
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,8 @@ async def measure_target(target: Target, plan: LoadPlan, *, clock: Clock = time.
             levels.append(stats)
             if on_level is not None:
                 on_level(target, stats)
-    return TargetResult(target, tuple(levels), sustainable(levels, plan.ttft_p90_target_ms, wall()))
+    capacity = sustainable(levels, plan.ttft_p90_target_ms, wall()) if target.endpoint_id else None
+    return TargetResult(target, tuple(levels), capacity)
 
 
 def run(targets: Sequence[Target], plan: LoadPlan, *, on_level: OnLevel | None = None,
