@@ -48,6 +48,8 @@ def figure(model: str, targets: Sequence[dict[str, Any]]):  # type: ignore[no-un
         ax.grid(True, alpha=0.3)
         if "closed" in modes:
             ax.set_xscale("log", base=2)
+            loads = sorted({lv["load"] for t in targets for lv in t["levels"]})
+            ax.set_xticks(loads, [f"{x:g}" for x in loads])  # 1, 4, 16, 64 rather than 2^0, 2^2, ...
     thr.set_ylabel(THROUGHPUT_LABEL)
     thr.set_title("throughput vs load")
     lat.set_ylabel(LATENCY_LABEL)
