@@ -83,6 +83,16 @@ def test_open_loop_keeps_its_schedule_and_an_overload_shows_as_growing_ttft(llam
     assert result.capacity is None  # capacity is measured in closed loop only
 
 
+def test_whole_answers_are_timed_end_to_end_with_their_usage_and_no_ttft(llama_server):
+    server = llama_server(parallel=2)
+    target = Target(name="tiny", base_url=server.base_url, model=server.alias)
+    plan = runner.LoadPlan(mode=LoadMode.CLOSED, loads=(2,), budget=Budget(requests=4),
+                           workload=Workload(prompt_tokens=16, output_tokens=8, stream=False), ttft_p90_target_ms=2000)
+    [level] = runner.run([target], plan).results[0].levels
+    assert (level.requests, level.errors, level.mean_output_tokens) == (4, 0, 8)
+    assert level.ttft is None and level.tpot is None and level.e2e.p50 > 0
+
+
 def test_through_the_router_a_category_is_one_target_with_no_capacity_recorded(llama_server, tiny_project):
     a, b = llama_server(alias="tiny", parallel=1), llama_server(alias="tiny", parallel=1)
     table = routing({"categories": [{"name": "default", "models": ["tiny"]}]})

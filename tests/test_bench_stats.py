@@ -103,6 +103,8 @@ def test_synthetic_requests_are_streamed_greedy_fixed_length_and_differ_from_eac
     assert a["messages"] != b["messages"]  # no prefix-cache hits between requests
     legacy = request_body(Workload(api=Api.COMPLETIONS, prompt_tokens=8), "tiny", 0)
     assert "messages" not in legacy and isinstance(legacy["prompt"], str)
+    whole = request_body(Workload(stream=False), "tiny", 0)
+    assert whole["stream"] is False and "stream_options" not in whole
 
 
 def test_a_dataset_line_gives_its_prompt_and_its_own_output_length(tmp_path):

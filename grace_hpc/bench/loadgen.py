@@ -54,50 +54,63 @@ def session(request_timeout_s: float) -> aiohttp.ClientSession:
 
 def sender(http: aiohttp.ClientSession, target: Target, api: Api, bodies: Iterator[dict[str, Any]],
            start: float, clock: Clock = time.perf_counter) -> Send:
-    """A function sending the next body of `bodies` to `target`, timed from `start` (a `clock` reading)."""
+    """A function sending the next body of `bodies` to `target`, timed from `start` (a `clock` reading). Bodies
+    that do not ask for a stream are timed end to end only (no TTFT, no TPOT)."""
     url = target.base_url + api.path
     headers = {"Authorization": f"Bearer {target.api_key}"} if target.api_key else {}
 
     async def send(scheduled_s: float) -> RequestResult:
         body = next(bodies)
         sent = clock() - start
-        times: list[float] = []
-        completion_tokens = prompt_tokens = None
-        error: str | None = None
-        finished = False
         try:
             async with http.post(url, json=body, headers=headers) as resp:
                 if resp.status != 200:
                     text = (await resp.text(errors="replace"))[:200]
                     return RequestResult(scheduled_s, sent, clock() - start, error=f"HTTP {resp.status}: {text}")
-                async for line in resp.content:
-                    now = clock() - start
-                    event = parse_line(line)
-                    if event is DONE:
-                        finished = True
-                        break
-                    if event is None:
-                        continue
-                    if event.error is not None:
-                        error = event.error
-                    if event.text:
-                        times.append(now)
-                    completion_tokens = event.completion_tokens or completion_tokens
-                    prompt_tokens = event.prompt_tokens or prompt_tokens
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                if body.get("stream"):
+                    return await _read_stream(resp, scheduled_s, sent, start, clock)
+                answer = await resp.json(content_type=None)
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
             # aiohttp's messages name host:port and the OS error, never request headers: no key in them
             return RequestResult(scheduled_s, sent, clock() - start, error=f"{type(exc).__name__}: {exc}")
-        end = clock() - start
-        if error is None and not finished:
-            error = "the stream ended without [DONE]"
-        if error is None and not times:
-            error = "no token was streamed"
-        return RequestResult(
-            scheduled_s, sent, end, first_token_s=times[0] if times else None, token_times_s=tuple(times),
-            output_tokens=completion_tokens or len(times), prompt_tokens=prompt_tokens, error=error,
-        )
+        usage = (answer.get("usage") or {}) if isinstance(answer, dict) else {}
+        tokens = usage.get("completion_tokens") or 0
+        return RequestResult(scheduled_s, sent, clock() - start, output_tokens=tokens,
+                             prompt_tokens=usage.get("prompt_tokens"),
+                             error=None if tokens else "the answer has no usage.completion_tokens")
 
     return send
+
+
+async def _read_stream(resp: aiohttp.ClientResponse, scheduled_s: float, sent: float, start: float,
+                       clock: Clock) -> RequestResult:
+    times: list[float] = []
+    completion_tokens = prompt_tokens = None
+    error: str | None = None
+    finished = False
+    async for line in resp.content:
+        now = clock() - start
+        event = parse_line(line)
+        if event is DONE:
+            finished = True
+            break
+        if event is None:
+            continue
+        if event.error is not None:
+            error = event.error
+        if event.text:
+            times.append(now)
+        completion_tokens = event.completion_tokens or completion_tokens
+        prompt_tokens = event.prompt_tokens or prompt_tokens
+    end = clock() - start
+    if error is None and not finished:
+        error = "the stream ended without [DONE]"
+    if error is None and not times:
+        error = "no token was streamed"
+    return RequestResult(
+        scheduled_s, sent, end, first_token_s=times[0] if times else None, token_times_s=tuple(times),
+        output_tokens=completion_tokens or len(times), prompt_tokens=prompt_tokens, error=error,
+    )
 
 
 async def closed_loop(send: Send, concurrency: int, budget: Budget, start: float,

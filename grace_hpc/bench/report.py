@@ -84,7 +84,7 @@ def document(run: BenchRun) -> dict[str, Any]:
         "budget": {"duration_s": plan.budget.duration_s, "requests": plan.budget.requests},
         "workload": {"api": plan.workload.api.value, "prompt_tokens": plan.workload.prompt_tokens,
                      "output_tokens": plan.workload.output_tokens, "dataset_prompts": len(plan.workload.dataset),
-                     "ignore_eos": plan.workload.ignore_eos},
+                     "ignore_eos": plan.workload.ignore_eos, "stream": plan.workload.stream},
         "ttft_p90_target_ms": plan.ttft_p90_target_ms,
         "targets": [_target(r) for r in run.results],
     }

@@ -18,7 +18,7 @@ from grace_hpc.registry.records import EndpointRecord
 #: options of `bench` passed on unchanged to the job (everything but the selection, output and submit options)
 FORWARDED = ("concurrency", "rate", "duration", "requests", "prompt_tokens", "output_tokens", "dataset", "api",
              "registry", "ttft_target")
-FLAGS = ("no_record",)
+FLAGS = ("no_record", "no_stream")
 
 
 def bench_argv(config: ConfigDir, record: EndpointRecord, args: argparse.Namespace, output: str,

@@ -64,10 +64,11 @@ class Workload:
     output_tokens: int = 64
     dataset: tuple[DatasetItem, ...] = ()
     ignore_eos: bool = True  # every request generates exactly output_tokens (vLLM and llama.cpp both honour it)
+    stream: bool = True  # False: one JSON answer per request, timed end to end only (no TTFT, no TPOT)
 
     def describe(self) -> str:
         source = f"{len(self.dataset)} dataset prompts" if self.dataset else f"~{self.prompt_tokens} prompt tokens"
-        return f"{self.api.value}, {source}, {self.output_tokens} output tokens"
+        return f"{self.api.value}, {source}, {self.output_tokens} output tokens" + ("" if self.stream else ", not streamed")
 
 
 def synthetic_prompt(index: int, words: int) -> str:
@@ -111,9 +112,10 @@ def request_body(workload: Workload, model: str, index: int) -> dict[str, Any]:
     body.update({
         "max_tokens": item.output_tokens if item is not None and item.output_tokens else workload.output_tokens,
         "temperature": 0.0,
-        "stream": True,
-        "stream_options": {"include_usage": True},
+        "stream": workload.stream,
     })
+    if workload.stream:
+        body["stream_options"] = {"include_usage": True}
     if workload.ignore_eos:
         body["ignore_eos"] = True
     return body

@@ -39,6 +39,8 @@ def _options(p: argparse.ArgumentParser) -> None:
                    help="JSONL prompts instead of synthetic ones: {\"prompt\": ...} or {\"messages\": [...]}, "
                         "optional \"output_tokens\"")
     p.add_argument("--api", choices=("chat", "completions"), default="chat", help="which OpenAI API (default chat)")
+    p.add_argument("--no-stream", action="store_true",
+                   help="ask for whole answers: end-to-end latency and throughput only, no TTFT or TPOT")
     p.add_argument("--through-router", metavar="URL",
                    help="measure the router at URL for --model/--category (key: $GRACE_ROUTER_KEY)")
     p.add_argument("--registry", metavar="PATH",
@@ -110,7 +112,7 @@ def load_plan(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         mode, loads = LoadMode.CLOSED, parse_levels(args.concurrency or DEFAULT_CONCURRENCY, "--concurrency", True)
     duration = args.duration if args.duration is not None or args.requests is not None else 30.0
     workload = Workload(api=Api(args.api), prompt_tokens=args.prompt_tokens, output_tokens=args.output_tokens,
-                        dataset=load_dataset(args.dataset) if args.dataset else ())
+                        dataset=load_dataset(args.dataset) if args.dataset else (), stream=not args.no_stream)
     return LoadPlan(mode=mode, loads=loads, budget=Budget(duration_s=duration, requests=args.requests),
                     workload=workload, ttft_p90_target_ms=args.ttft_target or DEFAULT_TTFT_P90_TARGET_MS)
 
