@@ -6,6 +6,7 @@ same model on T4 and on H100, each measured by `bench submit` next to its server
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -88,6 +89,13 @@ def document(run: BenchRun) -> dict[str, Any]:
         "ttft_p90_target_ms": plan.ttft_p90_target_ms,
         "targets": [_target(r) for r in run.results],
     }
+
+
+def write_document(doc: dict[str, Any], path: Path) -> None:
+    """Atomically (temp file + rename): a job's document appears whole or not at all, so it can be waited for."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    os.replace(tmp, path)
 
 
 def load_document(path: Path) -> dict[str, Any]:

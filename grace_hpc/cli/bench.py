@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -144,7 +143,7 @@ def _show(args: argparse.Namespace, docs: list[dict]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from grace_hpc.bench import runner
-    from grace_hpc.bench.report import document, load_document
+    from grace_hpc.bench.report import document, load_document, write_document
     from grace_hpc.bench.stats import LoadMode
     from grace_hpc.bench.targets import endpoint_target, router_target, select
 
@@ -162,14 +161,14 @@ def run(args: argparse.Namespace) -> int:
           f"{plan.workload.describe()}", file=sys.stderr, flush=True)
     result = runner.run(targets, plan, on_level=_progress)
     doc = document(result)
-    if args.output:
-        args.output.write_text(json.dumps(doc, indent=2) + "\n")
     if registry is not None and not args.no_record and plan.mode is LoadMode.CLOSED:
         for r in result.results:
             if r.capacity is not None and r.target.endpoint_id is not None:
                 registry.set_capacity(r.target.endpoint_id, r.capacity)
                 print(f"recorded capacity of {r.target.endpoint_id}: {r.capacity.output_tokens_per_s:.1f} output "
                       f"tok/s (router weight)", file=sys.stderr)
+    if args.output:  # last: `bench submit` jobs are done when it appears
+        write_document(doc, args.output)
     _show(args, [doc])
     return 0
 
