@@ -1,8 +1,8 @@
 """`grace-hpc bench` against real llama.cpp servers (tiny GGUF): what it measures is what the engine streamed.
 
 Short levels (seconds) on a shared 2-core machine: the assertions are about structure and ratios inside one run
-(TTFT inside E2E, TPOT from the real gaps, the slots adding throughput and a queue adding none), never about
-absolute speed."""
+(TTFT inside E2E, TPOT from the real gaps, a queue showing as TTFT, throughput following the offered rate up to
+capacity), never about absolute speed."""
 
 from __future__ import annotations
 
@@ -25,17 +25,6 @@ SECRET = "bench-secret-key"
 OUTPUT_TOKENS = 16
 
 
-def best_of(doc: dict) -> dict[float, dict]:
-    """Per load, the level with the higher throughput of the two passes: other jobs on this 2-core machine swing
-    its speed by 3x within seconds, and a burst during one level must not read as the server's shape."""
-    [target] = doc["targets"]
-    best: dict[float, dict] = {}
-    for lv in target["levels"]:
-        if lv["load"] not in best or lv["output_tokens_per_s"] > best[lv["load"]]["output_tokens_per_s"]:
-            best[lv["load"]] = lv
-    return best
-
-
 def test_closed_loop_on_a_real_server_measures_ttft_tpot_and_throughput_and_records_capacity(
         llama_server, tiny_project):
     server = llama_server(alias="tiny-served", api_key=SECRET, parallel=4)
@@ -44,7 +33,7 @@ def test_closed_loop_on_a_real_server_measures_ttft_tpot_and_throughput_and_reco
         record("tiny-1", server.base_url, "tiny", served="tiny-served", key=key_file(tiny_project, "k", SECRET)))
     out = tiny_project / "bench.json"
     proc = grace(tiny_project, "bench", "--registry", str(registry_path), "--endpoint", "tiny-1",
-                 "--concurrency", "1,4,16,1,4,16", "--duration", "1.5", "--prompt-tokens", "16",
+                 "--concurrency", "1,4,16", "--duration", "1.5", "--prompt-tokens", "16",
                  "--output-tokens", str(OUTPUT_TOKENS), "--ttft-target", "60000", "--json",
                  "--output", str(out), "--plot", str(tiny_project / "plots"))
     assert proc.returncode == 0, proc.stderr
@@ -59,26 +48,30 @@ def test_closed_loop_on_a_real_server_measures_ttft_tpot_and_throughput_and_reco
         # TPOT is (E2E - TTFT) / (tokens - 1): the streamed gaps, so it agrees with the mean gap between chunks
         assert lv["tpot_ms"]["mean"] == pytest.approx(lv["itl_ms"]["mean"], rel=0.35)
         assert lv["tpot_ms"]["p50"] * (OUTPUT_TOKENS - 1) < lv["e2e_ms"]["p99"]
-    levels = best_of(doc)
-    one, four, sixteen = (levels[c]["output_tokens_per_s"] for c in (1, 4, 16))
-    assert four > one  # the server batches its 4 slots: more in flight, more tokens per second...
-    assert sixteen < 1.5 * four  # ...until the slots are full: 12 more clients only queue, the curve flattens
-    assert levels[16]["ttft_ms"]["p50"] > 2 * levels[4]["ttft_ms"]["p50"]  # and the queue shows up as TTFT
+    levels = {lv["load"]: lv for lv in doc["targets"][0]["levels"]}
+    # 16 clients on 4 slots: each request waits for about three others before its first token
+    assert levels[16]["ttft_ms"]["p50"] > 2 * levels[4]["ttft_ms"]["p50"]
     capacity = Registry(registry_path).get("tiny-1").capacity
     assert capacity is not None and capacity == type(capacity).model_validate(doc["targets"][0]["capacity"])
-    assert capacity.output_tokens_per_s == max(one, four, sixteen)
+    assert capacity.output_tokens_per_s == max(lv["output_tokens_per_s"] for lv in doc["targets"][0]["levels"])
     assert (tiny_project / "plots" / "tiny.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_open_loop_keeps_its_schedule_and_an_overload_shows_as_growing_ttft(llama_server):
-    server = llama_server(parallel=2)
+def test_open_loop_throughput_follows_the_offered_rate_then_flattens_at_capacity_with_no_client_errors(
+        llama_server):
+    """Achieved throughput is min(offered rate, capacity): the shape that closed-loop levels only approximate, and
+    one that survives how busy this shared machine is (the tiny model's capacity at 64 output tokens has been 6-60
+    requests/s here: above 8 or close to it, far below 150)."""
+    server = llama_server(parallel=4)
     target = Target(name="tiny", base_url=server.base_url, model=server.alias, endpoint_id="tiny")
-    # ~50 requests/s saturate the tiny model at 64 tokens each: 2/s is light, 200/s is four times too many
-    plan = runner.LoadPlan(mode=LoadMode.OPEN, loads=(2.0, 200.0), budget=Budget(duration_s=1.0),
+    plan = runner.LoadPlan(mode=LoadMode.OPEN, loads=(2.0, 8.0, 150.0), budget=Budget(duration_s=2.0, requests=150),
                            workload=Workload(prompt_tokens=16, output_tokens=64), ttft_p90_target_ms=2000)
     [result] = runner.run([target], plan).results
-    light, heavy = result.levels
-    assert (light.requests, heavy.requests, light.errors, heavy.errors) == (2, 200, 0, 0)
+    light, medium, heavy = result.levels
+    assert [(s.requests, s.errors) for s in result.levels] == [(4, 0), (16, 0), (150, 0)]
+    assert light.requests_per_s > 0.7 * 2  # below capacity, throughput is the offered rate...
+    assert medium.requests_per_s > 1.5 * light.requests_per_s
+    assert heavy.requests_per_s < 0.65 * 150  # ...above it, capacity: the curve flattens
     assert heavy.ttft.p90 > 10 * light.ttft.p90  # requests waited for a slot: latency counted from their schedule
     assert result.capacity is None  # capacity is measured in closed loop only
 
