@@ -131,8 +131,10 @@ def main() -> None:
                 weighted.register(rec.model_copy(update={"capacity": measured[name]}))
             results: dict[str, list[RequestResult]] = {"max_num_seqs": [], "measured": []}
             spans = dict.fromkeys(results, 0.0)
-            with serve_in_thread(create_app(TABLE, plain, environ={})) as plain_url, \
-                    serve_in_thread(create_app(TABLE, weighted, environ={})) as weighted_url:
+            # no supervisor heartbeats these records: keep the router from calling them stale mid-run
+            fresh = {"environ": {}, "stale_after_s": 24 * 3600.0}
+            with serve_in_thread(create_app(TABLE, plain, **fresh)) as plain_url, \
+                    serve_in_thread(create_app(TABLE, weighted, **fresh)) as weighted_url:
                 urls = {"max_num_seqs": plain_url + "/v1", "measured": weighted_url + "/v1"}
                 for k in range(args.rounds):
                     order = list(urls) if k % 2 == 0 else list(reversed(urls))
@@ -159,6 +161,8 @@ def main() -> None:
         p95[arm] = s.e2e.p95  # type: ignore[union-attr]
         print(f"{arm:>13} {s.requests:>8} {s.errors:>6} {tok_s:>9.1f} {shares[arm]:>7.0%} "
               f"{s.e2e.p50:>8.0f} {s.e2e.p95:>8.0f} {s.e2e.p99:>8.0f}")  # type: ignore[union-attr]
+        for message in s.error_samples:
+            print(f"{'':>13} error: {message}")
     print(f"p95 E2E, max_num_seqs weights / measured weights: {p95['max_num_seqs'] / p95['measured']:.2f}x")
 
 

@@ -14,12 +14,12 @@ from grace_hpc.router.policy import CATEGORY_PREFIX
 
 @dataclass(frozen=True)
 class Selection:
-    """Exactly one of these is set (the CLI's mutually exclusive `--model/--category/--endpoint/--all`)."""
+    """At most one of these is set (the CLI's mutually exclusive `--model/--category/--endpoint`); none: every
+    ready endpoint (`--all`)."""
 
     model: str | None = None
     category: str | None = None
     endpoint: str | None = None
-    all: bool = False
 
     def describe(self) -> str:
         if self.endpoint:

@@ -91,7 +91,7 @@ def _registry(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 def _selection(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from grace_hpc.bench.targets import Selection
 
-    return Selection(model=args.model, category=args.category, endpoint=args.endpoint, all=args.all)
+    return Selection(model=args.model, category=args.category, endpoint=args.endpoint)  # none of them: --all
 
 
 def load_plan(args: argparse.Namespace):  # type: ignore[no-untyped-def]
