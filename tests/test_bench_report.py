@@ -17,6 +17,7 @@ from grace_hpc.bench.targets import Target
 from grace_hpc.bench.workload import Workload
 from grace_hpc.errors import ConfigError
 from grace_hpc.registry.records import MeasuredCapacity
+from tests.support.cli import grace
 
 PLAN = LoadPlan(mode=LoadMode.CLOSED, loads=(1, 4), budget=Budget(duration_s=5.0),
                 workload=Workload(prompt_tokens=50, output_tokens=50), ttft_p90_target_ms=2000)
@@ -100,3 +101,17 @@ def test_plots_are_one_png_per_model_with_throughput_and_latency_against_load(tm
     labels = [t.get_text() for t in lat.get_legend().get_texts()]
     assert "gemma-a100 (A100-40GB) TTFT p99" in labels and "gemma-t4 (T4) E2E p50" in labels
     fig.clf()
+
+
+def test_bench_compare_shows_saved_runs_side_by_side_and_plots_them(tmp_path):
+    doc = document(fake_run())
+    t4_only = json.loads(json.dumps(doc))
+    t4_only["targets"] = t4_only["targets"][1:]
+    for name, d in (("a100.json", doc), ("t4.json", t4_only)):
+        (tmp_path / name).write_text(json.dumps(d))
+    proc = grace(tmp_path, "bench", "--compare", "a100.json", "t4.json", "--plot", "plots")
+    assert proc.returncode == 0, proc.stderr
+    assert "side by side" in proc.stdout and proc.stdout.count("gemma-t4") >= 2
+    assert (tmp_path / "plots" / "gemma-2-2b-it.png").exists()
+    missing = grace(tmp_path, "bench", "--compare", "nope.json")
+    assert missing.returncode == 1 and "cannot read a bench result" in missing.stderr
