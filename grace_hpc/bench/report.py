@@ -138,7 +138,7 @@ def target_table(doc: dict[str, Any], target: dict[str, Any]):  # type: ignore[n
     for lv in target["levels"]:
         eng, gpu = lv["engine"] or {}, lv["gpu"]
         queue = "-" if not eng else f"{_num(eng.get('running_max'))}/{_num(eng.get('waiting_max'))}"
-        kv = "-" if eng.get("kv_cache_usage_max") is None else f"{eng['kv_cache_usage_max'] * 100:.0f}%"
+        kv = "-" if eng.get("kv_cache_usage_max") is None else _percent(eng["kv_cache_usage_max"] * 100)
         table.add_row(
             _load_label(lv["mode"], lv["load"]), f"{lv['requests_per_s']:.2f}", f"{lv['output_tokens_per_s']:.1f}",
             _triple(lv["ttft_ms"]), _triple(lv["tpot_ms"]), _triple(lv["e2e_ms"]),
@@ -151,6 +151,10 @@ def target_table(doc: dict[str, Any], target: dict[str, Any]):  # type: ignore[n
         table.add_row(f"[dim]seed 001: {seed['label']}", f"[dim]{rng(*seed['requests_per_s'])}", "",
                       f"[dim]{rng(*seed['ttft_ms'])}", f"[dim]{rng(*seed['tpot_ms'])}", "", "", "", "", "")
     return table
+
+
+def _percent(value: float) -> str:
+    return f"{value:.0f}%" if value >= 1 else f"{value:.2g}%"  # a tiny model's KV use is a fraction of a percent
 
 
 def _num(value: float | None) -> str:
