@@ -48,6 +48,7 @@ def test_closed_loop_on_a_real_server_measures_ttft_tpot_and_throughput_and_reco
         # TPOT is (E2E - TTFT) / (tokens - 1): the streamed gaps, so it agrees with the mean gap between chunks
         assert lv["tpot_ms"]["mean"] == pytest.approx(lv["itl_ms"]["mean"], rel=0.35)
         assert lv["tpot_ms"]["p50"] * (OUTPUT_TOKENS - 1) < lv["e2e_ms"]["p99"]
+        assert lv["engine"] is None and lv["gpu"] is None  # llama.cpp without --metrics, no GPU: absent, not zero
     levels = {lv["load"]: lv for lv in doc["targets"][0]["levels"]}
     # 16 clients on 4 slots: each request waits for about three others before its first token
     assert levels[16]["ttft_ms"]["p50"] > 2 * levels[4]["ttft_ms"]["p50"]
