@@ -28,6 +28,7 @@ SUBCOMMANDS = (
     "route",
     "work",
     "status",
+    "bench",
     "demo",
 )
 

@@ -26,6 +26,19 @@ class PlanSummary(BaseModel):
     max_num_seqs: int | None = None  # capacity weight for the router's load balancing
 
 
+class MeasuredCapacity(BaseModel):
+    """What `grace-hpc bench` measured this endpoint to sustain while meeting a latency target; the router weighs
+    endpoints of one model by `output_tokens_per_s` when every one of them has a measurement."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    output_tokens_per_s: float = Field(gt=0)
+    requests_per_s: float = Field(gt=0)
+    concurrency: int = Field(ge=1)  # the closed-loop level that sustained it
+    ttft_p90_target_ms: float = Field(gt=0)
+    measured_at: float  # unix time
+
+
 class EndpointRecord(BaseModel):
     """One endpoint. `api_key_file` is a *reference* (an owner-only file); the key itself is never stored here."""
 
@@ -55,3 +68,4 @@ class EndpointRecord(BaseModel):
     api_key_file: str | None = None
     external: bool = False  # added by `registry add`: never reaped by SLURM state
     last_error: str | None = None
+    capacity: MeasuredCapacity | None = None  # set by `grace-hpc bench`; None until measured

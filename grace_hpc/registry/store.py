@@ -39,7 +39,7 @@ from grace_hpc.registry.fs import (
     with_retries,
 )
 from grace_hpc.registry.reap import ReapReport, is_slurm_job, local_pid, plan_reap
-from grace_hpc.registry.records import EndpointRecord, EndpointState
+from grace_hpc.registry.records import EndpointRecord, EndpointState, MeasuredCapacity
 from grace_hpc.slurm.queue import JobInfo
 
 log = logging.getLogger(__name__)
@@ -183,6 +183,12 @@ class Registry:
             if last_error is not None:
                 update["last_error"] = last_error
             endpoints[endpoint_id] = self._known(endpoints, endpoint_id).model_copy(update=update)
+        self._update(change)
+
+    def set_capacity(self, endpoint_id: str, capacity: MeasuredCapacity) -> None:
+        """Record what `grace-hpc bench` measured (heartbeats and state changes keep it). RegistryError if absent."""
+        def change(endpoints: dict[str, EndpointRecord]) -> None:
+            endpoints[endpoint_id] = self._known(endpoints, endpoint_id).model_copy(update={"capacity": capacity})
         self._update(change)
 
     def deregister(self, endpoint_id: str) -> bool:

@@ -86,6 +86,15 @@ def capacity(record: EndpointRecord) -> int:
     return max(1, record.plan.max_num_seqs or DEFAULT_CAPACITY)
 
 
+def weights(records: Sequence[EndpointRecord]) -> dict[str, float]:
+    """Load-balancing weight per endpoint id: the measured output tokens/s (`grace-hpc bench`) when every one of
+    `records` has one, else `capacity()` for all. A T4 and an H100 replica may both batch 256 sequences, but the
+    H100 finishes them several times faster; measured weights send it proportionally more. Mixing the two units
+    would compare tokens/s with sequences, so one missing measurement falls back for the whole set."""
+    measured = {r.id: r.capacity.output_tokens_per_s for r in records if r.capacity is not None}
+    return measured if len(measured) == len(records) else {r.id: float(capacity(r)) for r in records}
+
+
 def stale(record: EndpointRecord, stale_before: float | None) -> bool:
     """Its supervisor stopped heartbeating before `stale_before` (unix time): the job may be frozen, preempted
     without cleanup or on a dead node, and the registry's reap only reports it. External endpoints (`registry add`)
@@ -152,7 +161,7 @@ def plan(
 
     Local: for each model in order, its `ready` endpoints that are neither ejected nor `stale` (no heartbeat since
     `stale_before`), whose context fits the prompt and whose queue is not over `max_queue_depth`, least outstanding
-    requests per unit of capacity first (ties rotate with `rotation`, so sequential requests spread too). Then the
+    requests per unit of `weights()` first (ties rotate with `rotation`, so sequential requests spread too). Then the
     category's cloud providers whose key is set (`cloud_ready`): reached only when every local attempt failed, was
     filtered out, or the category is cloud-only."""
     attempts: list[Attempt] = []
@@ -165,7 +174,8 @@ def plan(
         if len(eligible) > 1:
             k = rotation % len(eligible)
             eligible = eligible[k:] + eligible[:k]  # rotate, then a stable sort keeps the rotation among equals
-            eligible.sort(key=lambda r: (loads.get(r.id, IDLE).in_flight + 1) / capacity(r))
+            weight = weights(eligible)
+            eligible.sort(key=lambda r: (loads.get(r.id, IDLE).in_flight + 1) / weight[r.id])
         for r in eligible:
             if r.id not in seen:
                 seen.add(r.id)
