@@ -24,7 +24,7 @@ def ep(endpoint_id: str, capacity: MeasuredCapacity | None = None, max_num_seqs:
     return r.model_copy(update={"capacity": capacity})
 
 
-def order(records, loads) -> list[str]:  # noqa: ANN001
+def order(records, loads) -> list[str]:
     attempts = plan(resolve(TABLE, records, "m", None), TABLE, records, loads)
     return [a.record.id for a in attempts if isinstance(a, EndpointAttempt)]
 

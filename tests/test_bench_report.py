@@ -44,7 +44,7 @@ def fake_run() -> BenchRun:
     ))
 
 
-def rendered(renderable) -> str:  # noqa: ANN001
+def rendered(renderable) -> str:
     out = io.StringIO()
     Console(file=out, width=250).print(renderable)
     return out.getvalue()

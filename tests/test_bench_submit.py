@@ -11,7 +11,7 @@ from tests.support.router_env import record
 HOSTILE = "ep'; echo pwned #"
 
 
-def register(project, endpoint_id: str, partition: str | None, node: str | None):  # noqa: ANN001, ANN201
+def register(project, endpoint_id: str, partition: str | None, node: str | None):
     path = project / "registry.json"
     Registry(path).register(record(endpoint_id, "http://10.1.2.3:8000/v1", "tiny").model_copy(
         update={"partition": partition, "node": node}))

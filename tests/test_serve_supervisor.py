@@ -76,7 +76,7 @@ def while_serving() -> Iterator[Callable[[Supervisor, Callable[[], None]], None]
         def guarded() -> None:
             try:
                 scenario()
-            except BaseException as exc:  # noqa: BLE001 - handed to the test thread below
+            except BaseException as exc:  # handed to the test thread below
                 errors.append(exc)
             finally:
                 supervisor.stopping.set()

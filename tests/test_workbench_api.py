@@ -20,7 +20,7 @@ from grace_hpc.router.models_api import add_models_api
 from tests.support.router_env import routing
 from tests.test_planner_importers import TINY_CONFIG
 from tests.test_workbench_catalog import SHIPPED
-from tests.test_workbench_catalog import conf as conf  # noqa: F401 (the fixture, shared)
+from tests.test_workbench_catalog import conf as conf  # the fixture, shared
 from tests.test_workbench_pages import PAGES, page
 
 KEY = "router-key-workbench"

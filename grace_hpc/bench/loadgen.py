@@ -70,7 +70,7 @@ def sender(http: aiohttp.ClientSession, target: Target, api: Api, bodies: Iterat
                 if body.get("stream"):
                     return await _read_stream(resp, scheduled_s, sent, start, clock)
                 answer = await resp.json(content_type=None)
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
             # aiohttp's messages name host:port and the OS error, never request headers: no key in them
             return RequestResult(scheduled_s, sent, clock() - start, error=f"{type(exc).__name__}: {exc}")
         usage = (answer.get("usage") or {}) if isinstance(answer, dict) else {}

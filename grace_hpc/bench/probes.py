@@ -121,7 +121,7 @@ class Sampler:
             async with self.http.get(self._metrics, headers=headers,
                                      timeout=aiohttp.ClientTimeout(total=self.interval_s * 2)) as resp:
                 text = await resp.text() if resp.status == 200 else ""
-        except (aiohttp.ClientError, asyncio.TimeoutError):
+        except (TimeoutError, aiohttp.ClientError):
             text = ""
         reading = parse_engine_metrics(text)
         if reading is None and not self.engine:
