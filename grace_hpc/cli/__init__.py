@@ -24,8 +24,10 @@ SUBCOMMANDS = (
     "stop",
     "registry",
     "route",
+    "keys",
     "work",
     "status",
+    "usage",
     "demo",
 )
 
