@@ -79,7 +79,10 @@ class Ledger:
             raise LedgerError(f"{self.where}: cannot {what} ({type(exc).__name__}: {exc})") from exc
 
 
-def open_sqlite(path: Path) -> Ledger:
+def open_sqlite(path: Path, *, create: bool = True) -> Ledger:
+    if not create and not path.exists():
+        raise ConfigError(f"{path}: no ledger there; routers write one when started with --ledger (the default is "
+                          "ledger.sqlite beside the registry), or pass --ledger PATH|DSN")
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
         # isolation_level=None + explicit BEGIN would work too; the default opens a transaction per write batch
@@ -105,12 +108,12 @@ def open_postgres(dsn: str) -> Ledger:
     return Ledger(conn, "%s", (psycopg.Error,), where)
 
 
-def open_ledger(target: str | Path) -> Ledger:
+def open_ledger(target: str | Path, *, create: bool = True) -> Ledger:
     """`postgresql://...` (or `postgres://`, or a `host=... dbname=...` string) opens PostgreSQL; else a SQLite path."""
     text = str(target)
     if text.startswith(("postgresql://", "postgres://")) or "dbname=" in text:
         return open_postgres(text)
-    return open_sqlite(Path(text).expanduser())
+    return open_sqlite(Path(text).expanduser(), create=create)
 
 
 def _without_password(dsn: str) -> str:
