@@ -4,6 +4,8 @@ Import both names into a test module: `from tests.support.ledger_fixtures import
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,12 +17,19 @@ from tests.support.postgres import postgres_cluster, server_bin
 
 
 @pytest.fixture(scope="module")
-def postgres_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A PostgreSQL server for this module's tests (about 3 s to start), stopped afterwards."""
+def postgres_dsn() -> Iterator[str]:
+    """A PostgreSQL server for this module's tests (about 3 s to start), stopped and deleted afterwards.
+
+    Its folder is its own (not pytest's temp tree, which concurrent pytest runs prune and which the server user
+    could not enter)."""
     if server_bin() is None:
         pytest.skip("PostgreSQL server binaries not found (tests/run-all.sh installs Debian's postgresql as root)")
-    with postgres_cluster(tmp_path_factory.mktemp("postgres"), free_port("127.0.0.1")) as dsn:
-        yield dsn
+    folder = Path(tempfile.mkdtemp(prefix="grace-postgres-"))
+    try:
+        with postgres_cluster(folder / "cluster", free_port("127.0.0.1")) as dsn:
+            yield dsn
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -35,3 +44,14 @@ def ledger_target(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name}")
     return dsn.rsplit("/", 1)[0] + "/" + name
+
+
+def read_all(target: str) -> list:
+    """Every record in the ledger at `target` (a connection opened and closed for it)."""
+    from grace_hpc.ledger import open_ledger
+
+    ledger = open_ledger(target)
+    try:
+        return ledger.read(0.0)
+    finally:
+        ledger.close()
