@@ -93,10 +93,15 @@ async def _routing(dash: Dashboard) -> BaseModel:
     return routing_section(state.routing, samples.summaries(samples.categories, names), window_s=samples.window_s)
 
 
+async def _usage(dash: Dashboard) -> BaseModel | None:
+    return dash.state.users.usage_section()  # None without a ledger (router/users.py)
+
+
 SECTIONS: dict[str, Callable[[Dashboard], Awaitable[BaseModel | None]]] = {
     "fleet": _fleet,
     "load": _load,
     "routing": _routing,
+    "usage": _usage,
 }
 
 

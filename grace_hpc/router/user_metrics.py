@@ -66,6 +66,7 @@ class UserSpend(BaseModel):
     in_flight_usd: float  # reserved by cloud requests not settled yet
     budget_usd_month: float | None  # the smallest budget on the user's active keys; None: no budget
     budget_used: float | None  # month_usd / budget (may pass 1.0 by the in-flight bound)
+    overspend_usd: float  # spend past the budget: what requests in flight at the edge cost above their estimates
 
 
 class UsageSection(BaseModel):
@@ -87,6 +88,7 @@ def usage_section(month: str, day: str, spent: Mapping[tuple[str, str], float], 
         rows.append(UserSpend(user=user, today_usd=round(spent.get((user, day), 0.0), 6),
                               month_usd=round(month_usd, 6), in_flight_usd=round(reserved.get(user, 0.0), 6),
                               budget_usd_month=budget,
-                              budget_used=round(month_usd / budget, 4) if budget else None))
+                              budget_used=round(month_usd / budget, 4) if budget else None,
+                              overspend_usd=round(max(0.0, month_usd - budget), 6) if budget is not None else 0.0))
     return UsageSection(month=month, day=day, users=rows, ledger_written=written, ledger_pending=pending,
                         ledger_error=error)

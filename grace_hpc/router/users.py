@@ -152,6 +152,9 @@ class Users:
             cost = cost_usd(provider, prompt, completion) if usage is not None else tab.reservation.amount
             self.book.settle(tab.reservation, cost, tab.arrived)
             tab.reservation = None
+            if over := self.book.overspend(tab.user, tab.budget, tab.arrived):
+                log.warning("user %s is $%.4f over the cloud budget of $%.2f (requests in flight at the edge cost more "
+                            "than their estimates)", tab.user, over, tab.budget)
         served = Served.LOCAL if endpoint is not None else Served.CLOUD if provider is not None else Served.NONE
         served_by = endpoint.id if endpoint is not None else provider.name if provider is not None else None
         self.metrics.request(tab.user, tab.category, served, prompt, completion, cost)
