@@ -64,10 +64,11 @@ def _gpu_hours(config: ConfigDir, since: float) -> tuple[dict[str, float], str |
 
     try:
         logs = config.resolve(config.cluster().paths.logs)
-        ids = [j.job_id for m in sorted(logs.glob("*/jobs.json")) for j in read_manifest(m)]
-        if not any(not i.startswith("local:") for i in ids):
+        asked = {j.job_id: j.num_gpus for m in sorted(logs.glob("*/jobs.json")) for j in read_manifest(m)
+                 if not j.job_id.startswith("local:")}
+        if not asked:
             return {}, "no SLURM jobs in the launch manifests"
-        return gpu_hours(ids, since), None
+        return gpu_hours(asked, since), None
     except GraceError as exc:
         return {}, f"GPU-hours unavailable: {exc}"
 
