@@ -3,6 +3,7 @@ HTTP server) and a real llama.cpp server. Spend stops within the in-flight bound
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -12,6 +13,7 @@ import requests
 
 from grace_hpc.ledger import LedgerRecord, Served, open_ledger
 from grace_hpc.router import policy
+from grace_hpc.router.users import Tab, Users
 from grace_hpc.users.budget import cost_usd, estimate_usd
 from tests.support.ledger_fixtures import ledger_target, postgres_dsn, read_all  # noqa: F401  (fixtures)
 from tests.support.router_env import record, routing
@@ -100,3 +102,29 @@ def test_with_the_budget_spent_and_no_local_endpoint_the_answer_is_429_budget_ex
         r = requests.post(f"{url}/chat/completions", json={**BODY, "model": "default"},
                           headers={"Authorization": f"Bearer {key}"}, timeout=30)
     assert r.status_code == 429 and r.json()["error"]["code"] == "budget_exceeded" and not cloud.calls
+
+
+def test_a_cloud_request_abandoned_mid_call_is_charged_its_estimate_and_holds_nothing():
+    provider = table("http://127.0.0.1:9/v1").provider("standin")
+    users = Users()
+
+    async def scenario() -> Tab:
+        tab = users.open(None)
+        assert users.admit(tab, "orchestration", None, BODY, 3) is None
+
+        async def handler() -> None:
+            assert users.reserve(tab, provider)
+            await asyncio.sleep(30)  # the cloud call, when the client goes away
+
+        task = asyncio.create_task(handler())
+        await asyncio.sleep(0.05)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return tab
+
+    tab = asyncio.run(scenario())
+    estimate = estimate_usd(provider, BODY, 3)
+    assert tab.reservation is None and users.book.reserved[tab.user] == 0
+    assert users.book.committed(tab.user, time.time()) == pytest.approx(estimate)
+    assert 'grace_router_user_requests_total{user="anonymous",category="orchestration",served="cloud"} 1' in \
+        users.metrics.render()

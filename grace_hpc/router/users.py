@@ -51,6 +51,7 @@ class Tab:
     body: Mapping[str, object] = field(default_factory=dict)
     prompt_tokens: int = 0
     reservation: Reservation | None = None
+    provider: CloudProvider | None = None  # the cloud provider the reservation is for
     over_budget: bool = False  # the cloud was skipped (or refused) for this user's budget
 
     @property
@@ -126,7 +127,19 @@ class Users:
         estimate = estimate_usd(provider, tab.body, tab.prompt_tokens)
         tab.reservation = self.book.reserve(tab.user, tab.budget, estimate, self.wall_clock())
         tab.over_budget = tab.reservation is None
-        return tab.reservation is not None
+        if tab.reservation is None:
+            return False
+        tab.provider = provider
+        # a handler cancelled mid-call (the client went away) never reaches `finish`: charge it its estimate then,
+        # since the provider may bill the work anyway, and never leave the money held
+        task = asyncio.current_task()
+        if task is not None:
+            task.add_done_callback(lambda _: self._abandoned(tab))
+        return True
+
+    def _abandoned(self, tab: Tab) -> None:
+        if tab.reservation is not None:
+            self.finish(tab, 499, provider=tab.provider)
 
     def release(self, tab: Tab) -> None:
         """The cloud attempt failed before answering: nothing was spent."""
