@@ -24,8 +24,8 @@ def table() -> object:
 
 
 def ask(url: str, key: str, model: str = "code") -> object:
-    client = OpenAI(base_url=url, api_key=key, max_retries=0)
-    return client.chat.completions.create(model=model, messages=QUESTION, max_tokens=2)
+    with OpenAI(base_url=url, api_key=key, max_retries=0) as client:
+        return client.chat.completions.create(model=model, messages=QUESTION, max_tokens=2)
 
 
 def test_a_keys_rate_limit_and_category_allow_list_are_enforced_others_are_not_slowed(llama_server, tmp_path):

@@ -91,10 +91,12 @@ def test_a_sigkilled_router_loses_at_most_its_last_batch(tmp_path, ledger_target
             finally:
                 proc.kill()
     kept = len(read_all(ledger_target))
-    last_batch = sum(1 for t in answered if t > killed_at - FLUSH_S - 0.1)  # one interval, and its commit
+    # uncommitted at the kill: the batch being written (taken up to FLUSH_S + a commit earlier) and what queued
+    # behind it; the 0.3 s is the commit's time on this busy 2-core machine
+    unsafe = sum(1 for t in answered if t > killed_at - 2 * FLUSH_S - 0.3)
     assert len(answered) > 50, "too few requests to say anything"
-    # every request answered before the last batch interval is in the ledger; at most one more (in flight) too
-    assert len(answered) - last_batch <= kept <= len(answered) + 1, (len(answered), last_batch, kept)
+    # every request answered before that window is in the ledger; at most one more (in flight at the kill) too
+    assert len(answered) - unsafe <= kept <= len(answered) + 1, (len(answered), unsafe, kept)
 
 
 def _load_then_kill(proc: subprocess.Popen[str], url: str) -> tuple[list[float], float]:

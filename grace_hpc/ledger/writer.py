@@ -1,6 +1,7 @@
 """Ledger writes off the request path: the event loop appends to a deque; a thread commits one batch per interval.
 
-A killed router loses only what it had not committed: the records of the last `flush_s` (at most one batch).
+A killed router loses only what it had not committed: the batch being written (taken at most `flush_s` plus one
+commit before the kill) and the records queued behind it.
 If the database is unavailable the batch is kept and retried next interval, up to `max_pending` records; beyond
 that the oldest are dropped and counted (`dropped`), so a dead database never grows the router without bound.
 """
