@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import Enum
 
 from grace_hpc.config.routing import CloudProvider, Routing
@@ -35,7 +35,7 @@ def group_of(record: LedgerRecord, by: By) -> str:
         return record.model or "-"
     if by is By.PARTITION:
         return record.partition or (f"cloud:{record.served_by}" if record.served is Served.CLOUD else "-")
-    return datetime.fromtimestamp(record.ts, timezone.utc).strftime("%Y-%m-%d")
+    return datetime.fromtimestamp(record.ts, UTC).strftime("%Y-%m-%d")
 
 
 @dataclass
@@ -119,6 +119,6 @@ def parse_since(text: str, now: float) -> float:
     if text[-1:] in units and text[:-1].isdigit():
         return now - int(text[:-1]) * units[text[-1]]
     try:
-        return datetime.fromisoformat(text).replace(tzinfo=timezone.utc).timestamp()
+        return datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp()
     except ValueError:
         raise ConfigError(f"--since {text!r}: use 7d, 12h, 30m or a date like 2026-11-01") from None

@@ -8,7 +8,7 @@ import io
 import json
 import subprocess
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -24,8 +24,8 @@ from tests.support.ledger_fixtures import ledger_target, postgres_dsn  # noqa: F
 from tests.support.router_env import routing
 
 ROOT = Path(__file__).resolve().parents[1]
-DAY1 = datetime(2026, 11, 30, 12, tzinfo=timezone.utc).timestamp()
-DAY2 = datetime(2026, 12, 1, 9, tzinfo=timezone.utc).timestamp()
+DAY1 = datetime(2026, 11, 30, 12, tzinfo=UTC).timestamp()
+DAY2 = datetime(2026, 12, 1, 9, tzinfo=UTC).timestamp()
 TABLE = routing({
     "categories": [{"name": "default", "models": ["tiny"], "cloud": ["cheap"]},
                    {"name": "code", "models": ["coder"], "cloud": ["dear"]},
@@ -78,7 +78,7 @@ def test_every_grouping_partitions_the_same_totals(by, groups):
 def test_since_accepts_durations_and_dates_and_says_what_it_wants_otherwise():
     assert parse_since("7d", 1_000_000.0) == 1_000_000.0 - 7 * 86400
     assert parse_since("12h", 100_000.0) == 100_000.0 - 12 * 3600
-    assert parse_since("2026-12-01", 0.0) == datetime(2026, 12, 1, tzinfo=timezone.utc).timestamp()
+    assert parse_since("2026-12-01", 0.0) == datetime(2026, 12, 1, tzinfo=UTC).timestamp()
     with pytest.raises(ConfigError, match="7d, 12h, 30m"):
         parse_since("last week", 0.0)
 

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from aiohttp import web
 
@@ -87,7 +87,7 @@ class Users:
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             return None
-        record = self.table.identify(token, datetime.fromtimestamp(now, timezone.utc).date())
+        record = self.table.identify(token, datetime.fromtimestamp(now, UTC).date())
         if record is not None:
             return Tab(record.user, record, now, time.perf_counter())
         if self.legacy_keys and authorized(self.legacy_keys, authorization):
@@ -193,7 +193,7 @@ class Users:
         now = self.wall_clock()
         budgets: dict[str, float | None] = {}
         for record in self.table.by_id.values():
-            if record.active(datetime.fromtimestamp(now, timezone.utc).date()):
+            if record.active(datetime.fromtimestamp(now, UTC).date()):
                 known = budgets.get(record.user, record.budget_usd_month)
                 amounts = [b for b in (known, record.budget_usd_month) if b is not None]
                 budgets[record.user] = min(amounts) if amounts else None
@@ -244,7 +244,7 @@ class Users:
         if self.ledger is None:
             return
         now = self.wall_clock()
-        start = datetime.fromtimestamp(now, timezone.utc)
+        start = datetime.fromtimestamp(now, UTC)
         month_start = start.replace(day=1, hour=0, minute=0, second=0, microsecond=0).timestamp()
         day_start = start.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
         try:

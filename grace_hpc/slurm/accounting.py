@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from grace_hpc.errors import SchedulerError
 from grace_hpc.slurm.queue import Runner, _failure, _run, is_slurm_job_id
@@ -23,7 +23,7 @@ _GPUS = re.compile(r"(?:^|,)gres/gpu=(?P<n>\d+)(?:,|$)")
 
 
 def gpu_hours_argv(job_ids: list[str], since: float) -> list[str]:
-    start = datetime.fromtimestamp(since, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    start = datetime.fromtimestamp(since, UTC).strftime("%Y-%m-%dT%H:%M:%S")
     bases = sorted({j.split("_", 1)[0] for j in job_ids})
     return ["sacct", "-X", "-n", "-P", "-S", start, "-o", FIELDS, "-j", ",".join(bases)]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from grace_hpc.config.routing import CloudProvider
 
@@ -31,11 +31,11 @@ def estimate_usd(provider: CloudProvider, body: Mapping[str, object], prompt_tok
 
 
 def month_of(unix_time: float) -> str:
-    return datetime.fromtimestamp(unix_time, timezone.utc).strftime("%Y-%m")
+    return datetime.fromtimestamp(unix_time, UTC).strftime("%Y-%m")
 
 
 def day_of(unix_time: float) -> str:
-    return datetime.fromtimestamp(unix_time, timezone.utc).strftime("%Y-%m-%d")
+    return datetime.fromtimestamp(unix_time, UTC).strftime("%Y-%m-%d")
 
 
 @dataclass(frozen=True)
