@@ -128,3 +128,19 @@ def test_a_cloud_request_abandoned_mid_call_is_charged_its_estimate_and_holds_no
     assert users.book.committed(tab.user, time.time()) == pytest.approx(estimate)
     assert 'grace_router_user_requests_total{user="anonymous",category="orchestration",served="cloud"} 1' in \
         users.metrics.render()
+
+
+def test_a_second_router_on_the_same_ledger_starts_from_the_spend_the_first_recorded(tmp_path, ledger_target):  # noqa: F811
+    store = key_store(tmp_path)
+    key, _ = store.create("ada", budget_usd_month=0.02)
+    auth = {"Authorization": f"Bearer {key}"}
+    body = {**BODY, "model": "orchestration"}
+    with priced_cloud("cloud-secret", **USAGE) as cloud:
+        routes, environ = table(cloud.url), {"STANDIN_KEY": "cloud-secret"}
+        with users_router(routes, tmp_path / "a.json", [], store, ledger=ledger_target, environ=environ) as (url, a):
+            codes = [requests.post(f"{url}/chat/completions", json=body, headers=auth, timeout=30).status_code
+                     for _ in range(3)]
+        assert codes == [200, 200, 429] and a.writer.written == 3  # $0.0202 spent; stopping flushed the last batch
+        with users_router(routes, tmp_path / "b.json", [], store, ledger=ledger_target, environ=environ) as (url, _):
+            r = requests.post(f"{url}/chat/completions", json=body, headers=auth, timeout=30)
+        assert r.status_code == 429 and r.json()["error"]["code"] == "budget_exceeded" and len(cloud.calls) == 2
