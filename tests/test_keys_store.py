@@ -97,3 +97,14 @@ def test_a_token_bucket_allows_its_burst_then_refills_at_its_rate():
     assert bucket.take(100.0) == pytest.approx(1.0)
     assert bucket.take(100.5) == pytest.approx(0.5)
     assert bucket.take(101.0) == 0
+
+
+def test_a_users_budget_is_the_smallest_on_their_keys_so_another_key_cannot_lift_it(tmp_path):
+    store = key_store(tmp_path)
+    store.create("ada", budget_usd_month=5.0)
+    store.create("ada")  # no budget of its own
+    _, dear = store.create("ada", budget_usd_month=2.0)
+    store.create("bob")
+    assert store.table().budgets == {"ada": 2.0, "bob": None}
+    store.revoke(key_id=dear.key_id)
+    assert store.table().budgets == {"ada": 5.0, "bob": None}

@@ -64,7 +64,7 @@ class UserSpend(BaseModel):
     today_usd: float
     month_usd: float
     in_flight_usd: float  # reserved by cloud requests not settled yet
-    budget_usd_month: float | None  # the smallest budget on the user's active keys; None: no budget
+    budget_usd_month: float | None  # the user's budget (users.keys.KeyTable.budgets); None: no budget
     budget_used: float | None  # month_usd / budget (may pass 1.0 by the in-flight bound)
     overspend_usd: float  # spend past the budget: what requests in flight at the edge cost above their estimates
 

@@ -53,10 +53,7 @@ class Tab:
     reservation: Reservation | None = None
     provider: CloudProvider | None = None  # the cloud provider the reservation is for
     over_budget: bool = False  # the cloud was skipped (or refused) for this user's budget
-
-    @property
-    def budget(self) -> float | None:
-        return self.key.budget_usd_month if self.key else None
+    budget: float | None = None  # the user's monthly cloud budget (KeyTable.budgets)
 
 
 @dataclass
@@ -89,7 +86,7 @@ class Users:
             return None
         record = self.table.identify(token, datetime.fromtimestamp(now, UTC).date())
         if record is not None:
-            return Tab(record.user, record, now, time.perf_counter())
+            return Tab(record.user, record, now, time.perf_counter(), budget=self.table.budgets.get(record.user))
         if self.legacy_keys and authorized(self.legacy_keys, authorization):
             return Tab(SHARED_USER, None, now, time.perf_counter())
         return None
@@ -191,13 +188,7 @@ class Users:
         if self.writer is None:
             return None
         now = self.wall_clock()
-        budgets: dict[str, float | None] = {}
-        for record in self.table.by_id.values():
-            if record.active(datetime.fromtimestamp(now, UTC).date()):
-                known = budgets.get(record.user, record.budget_usd_month)
-                amounts = [b for b in (known, record.budget_usd_month) if b is not None]
-                budgets[record.user] = min(amounts) if amounts else None
-        return usage_section(month_of(now), day_of(now), self.book.spent, self.book.reserved, budgets,
+        return usage_section(month_of(now), day_of(now), self.book.spent, self.book.reserved, self.table.budgets,
                              written=self.writer.written, pending=len(self.writer.pending),
                              error=self.writer.last_error)
 

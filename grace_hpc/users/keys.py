@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
@@ -78,9 +79,16 @@ class KeyTable:
         matches = hmac.compare_digest(key_digest(self.salt, token), expected)
         return record if matches and record is not None and record.active(today) else None
 
-    @property
-    def users(self) -> frozenset[str]:
-        return frozenset(r.user for r in self.by_id.values())
+    @cached_property
+    def budgets(self) -> dict[str, float | None]:
+        """Each user's monthly cloud budget: the smallest on their keys not revoked (None: no key sets one), so a
+        second key without a budget cannot lift the first one's."""
+        out: dict[str, float | None] = {}
+        for r in self.by_id.values():
+            if r.revoked_at is None:
+                amounts = [b for b in (out.get(r.user), r.budget_usd_month) if b is not None]
+                out[r.user] = min(amounts) if amounts else None
+        return out
 
 
 class KeyStore:
