@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
 """Router overhead benchmark: direct vs through grace-hpc vs through LiteLLM's proxy, same machine, same run.
 
-    python bench/router.py [--rates 200,1000] [--duration 10] [--litellm PATH/TO/litellm]
+    python bench/router.py [--rates 200,1000] [--duration 10] [--litellm PATH/TO/litellm] [--ledger]
 
 Upstream: nginx (apt `nginx-light`) answering every POST with one canned chat completion, so the upstream costs
 almost nothing and what is measured is the proxy. Load: an open-loop generator in its own process (latency is
 measured from each request's *scheduled* send time, as wrk2 does, so a stalled proxy cannot hide its queueing) at
 fixed rates, and `wrk` (apt `wrk`) closed-loop at saturation. With 2+ CPUs the proxy under test is pinned to its
 own core (`taskset`), the upstream and the load generator to the others.
-Prints one table: p50/p99 added over direct at each rate, max req/s, and the ratios.
+Prints one table: p50/p99 added over direct at each rate, max req/s, and the ratios. `--ledger` adds the router
+with its usage ledger on (SQLite, docs/usage.md) beside the router with it off, in the same run.
 """
 
 from __future__ import annotations
@@ -106,15 +107,16 @@ http {{
 
 
 @contextmanager
-def grace_router(work: Path, upstream: str, cores: list[int]) -> Iterator[tuple[str, int]]:
+def grace_router(work: Path, upstream: str, cores: list[int], ledger: str = "off") -> Iterator[tuple[str, int]]:
     sys.path.insert(0, str(ROOT))
     from grace_hpc.registry.records import EndpointRecord, EndpointState, PlanSummary
     from grace_hpc.registry.store import Registry
 
     port = int(upstream.rsplit(":", 1)[1].split("/")[0])
     now = time.time()
-    (work / "reg").mkdir(mode=0o700)
-    registry = Registry(work / "reg" / "registry.json")
+    folder = work / f"reg-{ledger.replace('/', '_')}"
+    folder.mkdir(mode=0o700)
+    registry = Registry(folder / "registry.json")
     registry.register(EndpointRecord(
         id="nginx", model="bench", served_model_name="bench", engine="external", host="127.0.0.1", port=port,
         base_url=upstream, started_at=now, heartbeat_at=now, state=EndpointState.READY,
@@ -123,8 +125,8 @@ def grace_router(work: Path, upstream: str, cores: list[int]) -> Iterator[tuple[
     routing.write_text("categories:\n  - {name: default, models: [bench]}\n")
     router_port = free_port()
     argv = [sys.executable, "-m", "grace_hpc", "route", "--port", str(router_port), "--routing", str(routing),
-            "--registry", str(registry.path)]
-    with process(pinned(argv, cores), work / "grace.log", env=dict(os.environ, PYTHONPATH=str(ROOT))) as proc:
+            "--registry", str(registry.path), "--ledger", ledger]
+    with process(pinned(argv, cores), folder / "grace.log", env=dict(os.environ, PYTHONPATH=str(ROOT))) as proc:
         url = f"http://127.0.0.1:{router_port}/v1"
         wait_http(f"{url}/chat/completions", proc)
         yield url, proc.pid
@@ -240,6 +242,7 @@ def main() -> int:
     p.add_argument("--rates", default="200,1000", help="fixed request rates, comma-separated (default 200,1000)")
     p.add_argument("--duration", type=float, default=10.0, help="seconds per measurement (default 10)")
     p.add_argument("--litellm", default=shutil.which("litellm"), help="the `litellm` proxy executable, if any")
+    p.add_argument("--ledger", action="store_true", help="also measure grace-hpc with its usage ledger on (SQLite)")
     args = p.parse_args()
     for tool in ("nginx", "wrk"):
         if shutil.which(tool) is None:
@@ -253,6 +256,9 @@ def main() -> int:
         with nginx_upstream(work, other_cores) as upstream:
             targets = {"direct": lambda: _nullcontext((upstream, None)), "grace-hpc": lambda: grace_router(
                 work, upstream, proxy_cores)}
+            if args.ledger:
+                targets["grace-hpc+ledger"] = lambda: grace_router(work, upstream, proxy_cores,
+                                                                   str(work / "ledger.sqlite"))
             if args.litellm:
                 targets["litellm"] = lambda: litellm_proxy(work, upstream, proxy_cores, args.litellm)
             for name, start in targets.items():
@@ -294,6 +300,10 @@ def print_table(results: dict[str, dict], rates: list[float], ncpu: int) -> None
         per_core = f"{1e6 / cpu:.0f}" if cpu else "-"
         print(f"| {name} | " + " | ".join(cells) + f" | {row['rps']:.0f} | {row['rps'] / direct['rps']:.2f} | "
               + (f"{cpu:.0f} us" if cpu else "-") + f" | {per_core} |")
+    if "grace-hpc+ledger" in results:
+        on, off = results["grace-hpc+ledger"], results["grace-hpc"]
+        print(f"\nledger on vs off: {on['rps'] / off['rps']:.1%} of the max req/s, "
+              f"{on['cpu_us_per_request'] - off['cpu_us_per_request']:+.0f} us of proxy CPU per request")
     if "litellm" in results and "grace-hpc" in results:
         g, lt = results["grace-hpc"], results["litellm"]
         print(f"\ngrace-hpc vs LiteLLM: {g['rps'] / lt['rps']:.1f}x max req/s, "

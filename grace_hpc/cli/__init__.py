@@ -26,9 +26,11 @@ SUBCOMMANDS = (
     "stop",
     "registry",
     "route",
+    "keys",
     "work",
     "status",
     "bench",
+    "usage",
     "demo",
 )
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from grace_hpc.cli.common import add_common, config_dir, port_number
+from grace_hpc.cli.users_common import add_key_store, add_ledger, key_store, ledger_target
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -21,6 +22,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="registry file (default: $GRACE_REGISTRY, else paths.registry in cluster.yaml)")
     p.add_argument("--keys-file", type=Path, metavar="FILE",
                    help="owner-only file of client keys, one a line (also: $GRACE_ROUTER_KEYS, comma-separated)")
+    add_key_store(p)
+    add_ledger(p, off=True)
+    p.add_argument("--metrics-need-key", action="store_true", help="GET /metrics needs a router key too")
     p.add_argument("--print-url", action="store_true", help="print the URL on stdout once listening (for scripts)")
     p.set_defaults(handler=run)
 
@@ -32,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from grace_hpc.router.dashboard import use_jobs
     from grace_hpc.router.fleet_jobs import ManifestJobs
     from grace_hpc.router.models_api import add_models_api
+    from grace_hpc.router.users import open_users
 
     config = config_dir(args)
     routing = config.routing(args.routing)
@@ -41,8 +46,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         registry = Registry.from_cluster(cluster, config)
     keys = client_keys(args.keys_file, os.environ)
-    require_keys_off_loopback(args.host, keys)
-    app = create_app(routing, registry, client_keys=keys, stale_after_s=cluster.stale_after_s)
+    users = open_users(keys, key_store(args), ledger_target(args), metrics_need_key=args.metrics_need_key)
+    require_keys_off_loopback(args.host, keys | frozenset(users.table.by_id))
+    app = create_app(routing, registry, client_keys=keys, stale_after_s=cluster.stale_after_s, users=users)
     use_jobs(app, ManifestJobs(config, cluster))  # the dashboard's fleet panel: manifests and SLURM
     add_models_api(app, config)  # the workbench: /api/models (the dashboard's Models page)
 
@@ -51,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
             print(url, flush=True)
         print(f"grace-hpc router on {url}/v1, dashboard {url}/ui/ (registry {registry.path}, "
               f"routing {config.routing_path(args.routing)}, "
-              f"{'client keys required' if keys else 'no client keys'})", file=sys.stderr, flush=True)
+              f"{'client keys required' if keys or users.table.by_id else 'no client keys'}, "
+              f"ledger {users.ledger.where if users.ledger else 'off'})", file=sys.stderr, flush=True)
 
     run_router(app, args.host, args.port, on_listening=listening)
     return 0

@@ -25,7 +25,7 @@ from grace_hpc.config.routing import Routing
 from grace_hpc.errors import GraceError
 from grace_hpc.registry.records import EndpointRecord, EndpointState
 from grace_hpc.router import policy
-from grace_hpc.router.auth import UpstreamKeys, authorized
+from grace_hpc.router.auth import UpstreamKeys
 from grace_hpc.router.dashboard import add_dashboard
 from grace_hpc.router.errors import error_response
 from grace_hpc.router.health import HealthBook
@@ -33,6 +33,7 @@ from grace_hpc.router.metrics import Metrics
 from grace_hpc.router.samples import LoadSamples
 from grace_hpc.router.source import RegistrySource, Snapshot
 from grace_hpc.router.upstream import Relayed, Target, UpstreamFailure, relay
+from grace_hpc.router.users import Tab, Users
 
 log = logging.getLogger("grace_hpc.router")
 
@@ -61,6 +62,7 @@ class RouterState:
     metrics: Metrics = field(default_factory=Metrics)
     samples: LoadSamples = field(default_factory=lambda: LoadSamples(time.monotonic))  # the dashboard's 15 minutes
     upstream_keys: UpstreamKeys = field(default_factory=UpstreamKeys)
+    users: Users = field(default_factory=Users)  # keys, limits, budgets, ledger (router/users.py)
     records: list[EndpointRecord] = field(default_factory=list)
     known: frozenset[str] = frozenset()  # names a request may use, recomputed per snapshot
     version: object = None
@@ -107,16 +109,20 @@ def create_app(
     poll_interval_s: float = 1.0,
     stale_after_s: float = 90.0,
     wall_clock: Callable[[], float] = time.time,
+    users: Users | None = None,
 ) -> web.Application:
     """The router as an aiohttp application (serve it with `run_router` or `serve_in_thread`).
 
     `stale_after_s`: a `ready` record whose heartbeat is older than this is skipped like an ejected endpoint
-    (pass the cluster's `stale_after_s`; the registry's reap only reports such records)."""
+    (pass the cluster's `stale_after_s`; the registry's reap only reports such records). `users`: per-user keys,
+    limits, budgets and the ledger (default: only `client_keys`, no ledger)."""
     state = RouterState(routing, registry, environ, clock, client_keys, poll_interval_s, HealthBook(clock),
-                        stale_after_s=stale_after_s, wall_clock=wall_clock)
+                        stale_after_s=stale_after_s, wall_clock=wall_clock,
+                        users=users or Users(client_keys, poll_interval_s=poll_interval_s, wall_clock=wall_clock))
     app = web.Application(client_max_size=routing.max_body_bytes, middlewares=[_errors_as_json])
     app[STATE] = state
     app.cleanup_ctx.append(_lifespan)
+    app.cleanup_ctx.append(state.users.lifespan)
     for path in ROUTES:
         app.router.add_post(path, _proxy)
     app.router.add_get("/v1/models", _models)
@@ -208,8 +214,12 @@ async def _errors_as_json(request: web.Request, handler: Callable[[web.Request],
 
 
 def _unauthorized(request: web.Request) -> web.Response | None:
-    if authorized(request.app[STATE].client_keys, request.headers.get("Authorization")):
+    if request.app[STATE].users.open(request.headers.get("Authorization")) is not None:
         return None
+    return _no_key()
+
+
+def _no_key() -> web.Response:
     return error_response(401, "missing or invalid API key: send `Authorization: Bearer KEY` with a router key",
                           "invalid_api_key", error_type="authentication_error")
 
@@ -217,9 +227,9 @@ def _unauthorized(request: web.Request) -> web.Response | None:
 async def _proxy(request: web.Request) -> web.StreamResponse:
     started = time.perf_counter()
     state = request.app[STATE]
-    if (denied := _unauthorized(request)) is not None:
+    if (tab := state.users.open(request.headers.get("Authorization"))) is None:
         state.metrics.error("auth", 401)
-        return denied
+        return _no_key()
     raw = await request.read()
     try:
         body = json.loads(raw)
@@ -235,10 +245,14 @@ async def _proxy(request: web.Request) -> web.StreamResponse:
     except policy.UnknownTarget as exc:
         state.metrics.error("unknown_model", 404)
         return error_response(404, exc.message(), "model_not_found")
+    prompt_tokens = policy.estimate_prompt_tokens(body)
+    if (refused := state.users.admit(tab, route.category.name, route.requested, body, prompt_tokens)) is not None:
+        return refused
     state.rotation += 1
     attempts = policy.plan(
-        route, state.routing, state.records, state.health.entries,
-        prompt_tokens=policy.estimate_prompt_tokens(body), cloud_ready=state.cloud_ready(), rotation=state.rotation,
+        route, state.routing, state.records, state.health.entries, prompt_tokens=prompt_tokens,
+        cloud_ready=state.cloud_ready() if state.users.may_use_cloud(tab, route.category.cloud) else (),
+        rotation=state.rotation,
         stale_before=state.stale_before(),
     )
     suffix = ROUTES[request.path]
@@ -251,11 +265,14 @@ async def _proxy(request: web.Request) -> web.StreamResponse:
         target, payload = _target(state, attempt, body, raw, suffix)
         if target is None:
             continue
+        if isinstance(attempt, policy.CloudAttempt) and not state.users.reserve(tab, attempt.provider):
+            continue  # over the user's cloud budget (in-flight reservations included)
         if endpoint_id:
             state.health.started(endpoint_id)
         try:
             relayed = await relay(request, state.session, target, payload, stream, state.timeout)
         except UpstreamFailure as exc:
+            state.users.release(tab)
             failures.append(exc)
             eject_after = 1 if exc.http_status is None else CONSECUTIVE_5XX_TO_EJECT
             if endpoint_id:
@@ -269,8 +286,16 @@ async def _proxy(request: web.Request) -> web.StreamResponse:
             if endpoint_id:
                 state.health.finished(endpoint_id)
         _account(state, route, attempt, relayed, failures, request.path, started, endpoint_id)
+        _finish(state, tab, attempt, relayed)
         return relayed.response
-    return _nothing_served(state, route, failures)
+    return _nothing_served(state, route, failures, tab)
+
+
+def _finish(state: RouterState, tab: Tab, attempt: policy.Attempt, relayed: Relayed) -> None:
+    if isinstance(attempt, policy.EndpointAttempt):
+        state.users.finish(tab, relayed.status, endpoint=attempt.record, usage=relayed.usage)
+    else:
+        state.users.finish(tab, relayed.status, provider=attempt.provider, model=attempt.model, usage=relayed.usage)
 
 
 def _target(
@@ -321,15 +346,21 @@ def _account(
     state.samples.served(route.category.name, served_by, endpoint_id is None, relayed.status, seconds)
 
 
-def _nothing_served(state: RouterState, route: policy.Route, failures: list[UpstreamFailure]) -> web.Response:
+def _nothing_served(state: RouterState, route: policy.Route, failures: list[UpstreamFailure],
+                    tab: Tab) -> web.Response:
     state.samples.unserved(route.category.name)
+    if tab.over_budget:
+        state.metrics.error("budget_exceeded", 429)
+        return state.users.budget_exceeded(tab)
     if failures:
         status = 504 if failures[-1].timeout else 502
         state.metrics.error("upstream", status)
+        state.users.finish(tab, status)
         detail = "; ".join(str(f) for f in failures[-3:])
         return error_response(status, f"every endpoint for category {route.category.name!r} failed: {detail}",
                               "upstream_timeout" if status == 504 else "upstream_error", error_type="upstream_error")
     state.metrics.error("no_endpoint", 503)
+    state.users.finish(tab, 503)
     clouds = [state.routing.provider(n) for n in route.category.cloud]
     unset = [f"${p.api_key_env}" for p in clouds if not state.environ.get(p.api_key_env)]
     cloud_hint = f"; cloud keys not set: {', '.join(unset)}" if unset else ("" if clouds else "; no cloud fallback")
@@ -379,10 +410,12 @@ async def _status(request: web.Request) -> web.Response:
 
 async def _metrics(request: web.Request) -> web.Response:
     state = request.app[STATE]
+    if state.users.metrics_need_key and (denied := _unauthorized(request)) is not None:
+        return denied
     ids = [r.id for r in state.records]
     text = state.metrics.render(
         {i: state.health.get(i).in_flight for i in ids}, {i: not state.health.get(i).ejected for i in ids}
-    )
+    ) + state.users.metrics.render()
     return web.Response(text=text, content_type="text/plain", charset="utf-8",
                         headers={"X-Prometheus-Format": "0.0.4"})
 

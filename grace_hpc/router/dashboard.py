@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from pydantic import BaseModel
 
-from grace_hpc.router.auth import authorized
 from grace_hpc.router.dashboard_view import fleet_section, load_section, routing_section
 from grace_hpc.router.errors import error_response
 from grace_hpc.router.fleet_jobs import CachedJobs, JobsSource
@@ -95,15 +94,20 @@ async def _routing(dash: Dashboard) -> BaseModel:
     return routing_section(state.routing, samples.summaries(samples.categories, names), window_s=samples.window_s)
 
 
+async def _usage(dash: Dashboard) -> BaseModel | None:
+    return dash.state.users.usage_section()  # None without a ledger (router/users.py)
+
+
 SECTIONS: dict[str, Callable[[Dashboard], Awaitable[BaseModel | None]]] = {
     "fleet": _fleet,
     "load": _load,
     "routing": _routing,
+    "usage": _usage,
 }
 
 
 def _denied(request: web.Request) -> web.Response | None:
-    if authorized(request.app[DASHBOARD].state.client_keys, request.headers.get("Authorization")):
+    if request.app[DASHBOARD].state.users.open(request.headers.get("Authorization")) is not None:
         return None
     return error_response(401, "the dashboard's API needs a router key: `Authorization: Bearer KEY` (the page asks "
                                "for it once per browser tab)", "invalid_api_key", error_type="authentication_error")

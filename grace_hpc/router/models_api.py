@@ -24,7 +24,6 @@ from aiohttp import web
 from grace_hpc.config.loader import ConfigDir
 from grace_hpc.errors import ConfigError, GraceError
 from grace_hpc.router.app import STATE
-from grace_hpc.router.auth import authorized
 from grace_hpc.router.errors import error_response
 from grace_hpc.workbench import Overrides, add_entry, describe, entry_from_cache, entry_from_page_or_cache
 
@@ -49,7 +48,7 @@ def add_models_api(app: web.Application, configs: ConfigDir) -> None:
 
 
 def _denied(request: web.Request) -> web.Response | None:
-    if authorized(request.app[STATE].client_keys, request.headers.get("Authorization")):
+    if request.app[STATE].users.open(request.headers.get("Authorization")) is not None:
         return None
     return error_response(401, "the models API needs a router key: `Authorization: Bearer KEY`", "invalid_api_key",
                           error_type="authentication_error")
@@ -122,9 +121,9 @@ async def _parse(request: web.Request) -> web.Response:
 async def _add(request: web.Request) -> web.Response:
     if (denied := _denied(request)) is not None:
         return denied
-    if not request.app[STATE].client_keys:
+    if not request.app[STATE].users.keyed:
         return error_response(403, "this router has no client keys, so anyone on the machine could write the "
-                                   "catalog: restart `grace-hpc route` with --keys-file or $GRACE_ROUTER_KEYS, or "
+                                   "catalog: restart `grace-hpc route` with keys (`grace-hpc keys create`, --keys-file or $GRACE_ROUTER_KEYS), or "
                                    "use `grace-hpc models add`", "catalog_read_only", error_type="permission_error")
     api = request.app[MODELS_API]
     try:

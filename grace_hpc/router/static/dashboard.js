@@ -123,6 +123,20 @@ function drawRouting(routing) {
   ], c.errors ? "warn" : "ok", { category: c.name })), "no categories");
 }
 
+function usd(x) { return "$" + x.toFixed(2); }
+
+function drawUsage(usage) {
+  document.getElementById("usage").hidden = false;
+  document.querySelector("#usage .summary").textContent = "cloud spend, " + usage.month + " (UTC)" +
+    (usage.ledger_error ? "; ledger: " + usage.ledger_error : "");
+  replaceBody("usage", usage.users.map((u) => row([
+    cell(u.user), cell(usd(u.today_usd), "num"), cell(usd(u.month_usd), "num"), cell(usd(u.in_flight_usd), "num"),
+    cell(u.budget_usd_month === null ? "-" : usd(u.budget_usd_month), "num"),
+    cell(u.budget_used === null ? "-" : Math.round(u.budget_used * 100) + "%", "num"),
+  ], u.budget_used === null || u.budget_used < 0.8 ? "ok" : u.budget_used < 1 ? "warn" : "bad", { user: u.user })),
+  "no cloud spend this month and no keys");
+}
+
 function banners(data, failure) {
   const box = document.getElementById("banners");
   const items = [];
@@ -175,6 +189,7 @@ async function refresh() {
   if (data.fleet) drawFleet(data.fleet);
   if (data.load) drawLoad(data.load);
   if (data.routing) drawRouting(data.routing);
+  if (data.usage) drawUsage(data.usage);
   banners(data, null);
   setLive(true, "live");
   document.getElementById("updated").textContent = "updated " + new Date(data.generated_at * 1000).toLocaleTimeString();
