@@ -18,9 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from grace_hpc.ledger import LedgerWriter, open_ledger  # noqa: E402  (after the path insert)
-from grace_hpc.registry.records import EndpointRecord  # noqa: E402
-from grace_hpc.router.users import Users  # noqa: E402
+from grace_hpc.ledger import LedgerWriter, open_ledger  # after the path insert
+from grace_hpc.registry.records import EndpointRecord
+from grace_hpc.router.users import Users
 
 ENDPOINT = EndpointRecord(id="e-1", model="m", served_model_name="m", engine="llama.cpp", host="h", port=1,
                           base_url="http://h:1/v1", started_at=0, heartbeat_at=0, partition="t4")

@@ -123,8 +123,9 @@ async def _add(request: web.Request) -> web.Response:
         return denied
     if not request.app[STATE].users.keyed:
         return error_response(403, "this router has no client keys, so anyone on the machine could write the "
-                                   "catalog: restart `grace-hpc route` with keys (`grace-hpc keys create`, --keys-file or $GRACE_ROUTER_KEYS), or "
-                                   "use `grace-hpc models add`", "catalog_read_only", error_type="permission_error")
+                                   "catalog: restart `grace-hpc route` with keys (`grace-hpc keys create`, --keys-file or "
+                                   "$GRACE_ROUTER_KEYS), or use `grace-hpc models add`", "catalog_read_only",
+                              error_type="permission_error")
     api = request.app[MODELS_API]
     try:
         body = await _body(request)
