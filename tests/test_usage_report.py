@@ -15,7 +15,8 @@ import pytest
 
 from grace_hpc.config.loader import ConfigDir
 from grace_hpc.errors import ConfigError, SchedulerError
-from grace_hpc.launch.launcher import Submitted, manifest_path, write_manifest
+from grace_hpc.launch.launcher import manifest_of
+from grace_hpc.launch.manifest import Submitted
 from grace_hpc.ledger import LedgerRecord, Served, open_ledger
 from grace_hpc.slurm.accounting import gpu_hours_argv, parse_gpu_hours
 from grace_hpc.usage import By, parse_since, reference_price, summarize
@@ -123,8 +124,8 @@ def test_usage_reads_gpu_hours_of_the_fleets_jobs_from_the_real_sacct(slurm_clus
                          capture_output=True, text=True, check=True).stdout.strip().split(";")[0]
     try:
         config = ConfigDir.discover(str(tiny_project / "configs"))
-        write_manifest(manifest_path(config, config.cluster(), "pair"), [Submitted(
-            "pair", "on-t4", 0, job, "slurm", "t4", ("tiny",), 1, time.time(), str(tiny_project))])
+        manifest_of(config, config.cluster(), "pair").add(Submitted(
+            "pair", "on-t4", 0, job, "slurm", "t4", ("tiny",), 1, time.time(), str(tiny_project)))
         open_ledger(str(tiny_project / "ledger.sqlite")).close()
         deadline = time.monotonic() + 120
         while True:

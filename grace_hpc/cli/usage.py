@@ -59,12 +59,11 @@ def run(args: argparse.Namespace) -> int:
 
 def _gpu_hours(config: ConfigDir, since: float) -> tuple[dict[str, float], str | None]:
     """Best effort: the launch manifests' SLURM jobs, one sacct call; a note instead when that is not possible."""
-    from grace_hpc.launch.launcher import read_manifest
+    from grace_hpc.launch.launcher import all_manifests
     from grace_hpc.slurm.accounting import gpu_hours
 
     try:
-        logs = config.resolve(config.cluster().paths.logs)
-        asked = {j.job_id: j.num_gpus for m in sorted(logs.glob("*/jobs.json")) for j in read_manifest(m)
+        asked = {j.job_id: j.num_gpus for m in all_manifests(config, config.cluster()) for j in m.read()
                  if not j.job_id.startswith("local:")}
         if not asked:
             return {}, "no SLURM jobs in the launch manifests"
