@@ -190,3 +190,10 @@ def test_nccl_buffers_sit_in_the_headroom_under_tensor_parallelism() -> None:
     alone = mem.outside_budget_bytes(VllmVersion.V0_19)
     assert mem.outside_budget_bytes(VllmVersion.V0_19, 2) - alone == pytest.approx(mem.NCCL_GIB * GIB)
     assert mem.outside_budget_bytes(VllmVersion.V0_33, 4) == pytest.approx((mem.CUDA_CONTEXT_GIB + mem.NCCL_GIB) * GIB)
+
+
+def test_only_0_33_charges_what_it_allocates_after_the_baseline() -> None:
+    # 0.33 charges the drop in free memory since its snapshot (utils/mem_utils.py total_consumed), the model runner's
+    # persistent buffers included; 0.11/0.19 charge only the load delta, the allocated peak and non-torch memory, so
+    # on the 0.10/0.11 A10G and A100 rows no base term is charged (tests/test_planner_calibration.py)
+    assert [v.budget_counts_persistent_allocations for v in VllmVersion] == [False, False, True]

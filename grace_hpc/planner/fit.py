@@ -120,7 +120,8 @@ def fit_vllm(spec: ModelSpec, gpu: GPU, cand: Candidate, tp: int, s: Settings) -
     batched_tokens = s.max_num_batched_tokens or default_tokens
     seqs = s.max_num_seqs or default_seqs
     non_torch = mem.NON_TORCH_GIB if s.non_torch_gib is None else s.non_torch_gib
-    overhead = (non_torch + (mem.CUDA_GRAPHS_GIB if s.version.cudagraphs_in_budget else 0.0)) * GIB
+    overhead = (non_torch + (mem.CUDA_GRAPHS_GIB if s.version.cudagraphs_in_budget else 0.0)
+                + (mem.PERSISTENT_GIB if s.version.budget_counts_persistent_allocations else 0.0)) * GIB
     reasons: list[str] = []
     utilization = s.utilization
     if s.version.cudagraphs_in_budget and not s.utilization_pinned:
