@@ -342,7 +342,8 @@ def activation_bytes(
     utils/mem_utils.py at 0.19.1), so neither the allocator's reserved-but-free blocks nor the runner's persistent
     input buffers (allocated before profiling) count; the slope fitted on the V0 rows has no intercept either
     (2.07 GiB at 20000 tokens, 2.99 at 29000). The 0.25 GiB base this term once had was the part of V0 0.6.4's
-    logged non-torch memory (NON_TORCH_GIB) that V1 does not charge.
+    logged non-torch memory (see NON_TORCH_GIB) that V1 does not charge; 0.33, which charges more, keeps it
+    (PERSISTENT_GIB).
     """
     tokens = max_num_batched_tokens
     h = arch.hidden_size
