@@ -109,7 +109,7 @@ class VllmVersion(str, Enum):
         on), but the wheel installs FlashInfer only with its `flashinfer` extra (METADATA: flashinfer-python; extra
         == "flashinfer"), so `pip install vllm==0.11.0` sorts in PyTorch ("FlashInfer is not available. Falling
         back to the PyTorch-native implementation"), while an environment with FlashInfer installed beside it
-        logs "Using FlashInfer for top-p & top-k sampling." (14 B per logit, not 38). 0.19 makes FlashInfer opt-in
+        logs "Using FlashInfer for top-p & top-k sampling." (14 B per logit, not 39). 0.19 makes FlashInfer opt-in
         (VLLM_USE_FLASHINFER_SAMPLER=1) and uses a Triton top-k/top-p kernel for 8+ rows (topk_topp_sampler.py
         apply_top_k_top_p); 0.33 uses FlashInfer by default (envs.py VLLM_USE_FLASHINFER_SAMPLER = True)."""
         return {VllmVersion.V0_11: "pytorch", VllmVersion.V0_19: "triton"}.get(self, "flashinfer")
@@ -121,6 +121,18 @@ class VllmVersion(str, Enum):
         max_num_batched_tokens); 0.33: `max_in_flight_tokens`, two batches under async scheduling, which is on by
         default (config/vllm.py max_concurrent_batches, async_scheduling None -> True)."""
         return 2 if self is VllmVersion.V0_33 else 1
+
+    @property
+    def budget_counts_persistent_allocations(self) -> bool:
+        """Whether the profile charges everything allocated since the baseline snapshot, not only the weights, the
+        activation peak and non-torch memory. 0.33 charges the drop in free memory since the snapshot
+        (utils/mem_utils.py memory_profiling: total_consumed = before_create.free - after_profile.free), which takes in
+        the workspaces and the model runner's persistent buffers created after it (v1/worker/gpu_worker.py init_device:
+        MemorySnapshot, then _init_workspace_and_model_runner) and blocks still reserved after empty_cache; 0.11 and
+        0.19 charge the weights' load delta, the allocated peak over what is allocated when profiling starts and the
+        non-torch increase (vllm/utils/__init__.py at 0.11.0, utils/mem_utils.py at 0.19.1), so those buffers are not
+        charged (memory.PERSISTENT_GIB)."""
+        return self is VllmVersion.V0_33
 
     @property
     def cudagraphs_in_budget(self) -> bool:

@@ -36,12 +36,11 @@ def test_kv_cache_median_error_is_within_10_percent() -> None:
 # and the range of predicted - logged KV memory (GiB) each shows. A fix makes test_the_open_gaps_are_the_ones_documented
 # fail, and the group joins the target test.
 OPEN_GAPS = {
-    # vLLM 0.11.0 on an A10G (FlashAttention and FlexAttention): ~0.3 GiB more non-KV memory predicted than reserved,
-    # the 0.35 GiB base + non-torch figure of the V0 rows; the KV cache is ~5 GiB there, so -5.9 % each
-    ("0.11", "held_out"): (("qwen2.5-7b/A10G/len32768", "qwen2.5-7b/A10G/len32768/flex"), (-0.4, -0.2)),
-    # vLLM 0.19.1 (the vllm/vllm-openai image), Qwen2.5-14B-Instruct-AWQ (AWQ-Marlin, float16) on an A10G: 0.5-0.7 GiB
-    # less predicted than reserved
-    ("0.19", "held_out"): (("qwen2.5-14b-awq/A10G/len4096", "qwen2.5-14b-awq/A10G/u0.50/len16384"), (0.4, 0.8)),
+    # vLLM 0.19.1 (the vllm/vllm-openai image), Qwen2.5-14B-Instruct-AWQ (AWQ-Marlin, float16) on an A10G: 0.8-0.9 GiB
+    # less predicted than reserved. 0.19.1 runs its CUDA graph memory probe inside the profiling window and charges the
+    # non-torch memory it leaves behind (gpu_worker.py determine_available_memory; 0.33 moved the probe out), but the
+    # source does not say how much that is, and the 0.19.0 row (gpt-oss-20b/A100-80GB/u0.65) shows no such charge
+    ("0.19", "held_out"): (("qwen2.5-14b-awq/A10G/len4096", "qwen2.5-14b-awq/A10G/u0.50/len16384"), (0.6, 1.0)),
 }
 
 
@@ -75,19 +74,19 @@ def test_the_open_gaps_are_the_ones_documented() -> None:
 
 def test_a_0_11_row_is_sized_with_the_sampler_its_log_names() -> None:
     # qwen2.5-7b/A10G/len32768 logs "Using FlashInfer for top-p & top-k sampling." (vLLM 0.11.0): with FlashInfer's
-    # 14 bytes per logit the KV cache is within 6 %; a plain pip install's PyTorch sort (38 bytes) would be 23 % low
+    # 14 bytes per logit the KV cache is within 2 %; a plain pip install's PyTorch sort (39 bytes) would be 19 % low
     row = next(r for r in yaml.safe_load(DATA.read_text(encoding="utf-8"))["rows"]
                if r["id"] == "qwen2.5-7b/A10G/len32768")
     logged, = evaluate({"rows": [row]}, CATALOG)
     pip, = evaluate({"rows": [{k: v for k, v in row.items() if k != "sampler"}]}, CATALOG)
-    assert abs(logged["kv_err_pct"]) <= 6
-    assert pip["kv_err_pct"] < -20
+    assert abs(logged["kv_err_pct"]) <= 2
+    assert pip["kv_err_pct"] < -15
 
 
 def test_a_v0_tensor_parallel_row_is_judged_by_rank_0s_cache() -> None:
     # r1-distill-qwen-14b/2xRTX4090/u0.98 (V0): rank 1 profiles no sampler (V0 gathers the logits on rank 0 only), so
     # its quoted 8.69 GiB is not the cache the engine sized; rank 0's is what the 81536 logged tokens hold. Within
-    # 5 %: V0 also charged its NCCL buffers (0.25 GiB) inside the budget, which the V1 rules leave outside
+    # 5 % with the non-torch memory V0 logs there (0.25 GiB, its NCCL buffers among it), which V1 leaves outside
     r = next(r for r in RESULTS if r["id"] == "r1-distill-qwen-14b/2xRTX4090/u0.98")
     tokens_gib = r["tokens"][1] * 48 * 2 * 4 * 128 * 2 / 1024**3
     assert r["kv"][1] == pytest.approx(tokens_gib, abs=0.01)
@@ -116,3 +115,33 @@ def test_tensor_parallel_v1_rows_charge_no_nccl_inside_the_budget() -> None:
     rows = [r for r in RESULTS if r["series"] == "0.10" and "/tp" in r["id"]]
     assert len(rows) == 3
     assert all(abs(r["kv_err_pct"]) <= 2 for r in rows), [(r["id"], r["kv_err_pct"]) for r in rows]
+
+
+def test_v1_rows_charge_no_v0_base_inside_the_budget() -> None:
+    # qwen2.5-7b/A10G/len32768, qwen2.5-7b/A10G/len32768/flex (0.11.0) and qwen2-7b/A100-80GB/u0.25 (0.10.1.1) were
+    # -5.9 %, -5.9 % and -5.5 % with a 0.25 GiB activation base, the part of V0 0.6.4's logged non-torch memory that
+    # V1 does not charge (V1: the allocated peak over what is allocated when profiling starts, and non-torch memory
+    # since a snapshot taken once the CUDA context exists); without it, within 1.5 %
+    rows = {r["id"]: r for r in RESULTS}
+    ids = ("qwen2.5-7b/A10G/len32768", "qwen2.5-7b/A10G/len32768/flex", "qwen2-7b/A100-80GB/u0.25")
+    assert all(abs(rows[i]["kv_err_pct"]) <= 1.5 for i in ids), [(i, rows[i]["kv_err_pct"]) for i in ids]
+
+
+def test_v0_rows_are_charged_the_non_torch_memory_their_logs_print() -> None:
+    # llama-3.1-8b/RTX3090/len20000 and len29000 (0.6.4, fit) and llama-3-8b/H100/tp1 (0.6.5.dev, held out): V0 counted
+    # device memory torch had not allocated, CUDA context included (worker.py determine_num_available_blocks), so the
+    # V1 figure (memory.NON_TORCH_GIB) is the wrong charge there; with each log's own figure, within 0.5 %
+    data = yaml.safe_load(DATA.read_text(encoding="utf-8"))
+    ids = ("llama-3.1-8b/RTX3090/len20000", "llama-3.1-8b/RTX3090/len29000", "llama-3-8b/H100/tp1")
+    rows = [r for r in data["rows"] if r["id"] in ids]
+    logged = evaluate({**data, "rows": rows}, CATALOG)
+    v1 = evaluate({**data, "rows": [{k: v for k, v in r.items() if k != "non_torch_gib"} for r in rows]}, CATALOG)
+    assert all(abs(r["kv_err_pct"]) <= 0.5 for r in logged), [(r["id"], r["kv_err_pct"]) for r in logged]
+    assert all(abs(r["kv_err_pct"]) > 3 for r in v1), [(r["id"], r["kv_err_pct"]) for r in v1]
+
+
+def test_a_failed_start_row_is_judged_in_gib() -> None:
+    # qwen2.5-14b-awq/A10G/u0.50/len16384 logged 0.18 GiB of KV memory: its error is in GiB, out of the percentages
+    r = next(r for r in RESULTS if r["id"] == "qwen2.5-14b-awq/A10G/u0.50/len16384")
+    assert r["kv_err_pct"] is None and r["kv_err_gib"] == pytest.approx(r["kv"][0] - r["kv"][1])
+    assert not check([r])["met"]

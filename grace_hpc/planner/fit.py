@@ -62,6 +62,9 @@ class Settings:
     version: VllmVersion
     # the top-k/top-p implementation (memory.SAMPLER_BYTES_PER_LOGIT); None: what a default install of `version` runs
     sampler: str | None = None
+    # non-torch memory inside the budget, GiB; None: memory.NON_TORCH_GIB (V1). The bench gives V0 rows what their logs
+    # print: V0 also counted the CUDA context and NCCL there
+    non_torch_gib: float | None = None
 
 
 def vllm_batch_defaults(gpu: GPU, version: VllmVersion) -> tuple[int, int]:
@@ -116,7 +119,9 @@ def fit_vllm(spec: ModelSpec, gpu: GPU, cand: Candidate, tp: int, s: Settings) -
     default_tokens, default_seqs = vllm_batch_defaults(gpu, s.version)
     batched_tokens = s.max_num_batched_tokens or default_tokens
     seqs = s.max_num_seqs or default_seqs
-    overhead = (mem.NON_TORCH_GIB + (mem.CUDA_GRAPHS_GIB if s.version.cudagraphs_in_budget else 0.0)) * GIB
+    non_torch = mem.NON_TORCH_GIB if s.non_torch_gib is None else s.non_torch_gib
+    overhead = (non_torch + (mem.CUDA_GRAPHS_GIB if s.version.cudagraphs_in_budget else 0.0)
+                + (mem.PERSISTENT_GIB if s.version.budget_counts_persistent_allocations else 0.0)) * GIB
     reasons: list[str] = []
     utilization = s.utilization
     if s.version.cudagraphs_in_budget and not s.utilization_pinned:

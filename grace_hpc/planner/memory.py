@@ -38,6 +38,7 @@ __all__ = [
     "activation_bytes",
     "SAMPLER_BYTES_PER_LOGIT",
     "NON_TORCH_GIB",
+    "PERSISTENT_GIB",
     "NCCL_GIB",
     "CUDA_GRAPHS_GIB",
     "outside_budget_bytes",
@@ -312,12 +313,11 @@ def kv_tokens(kv_bytes: float, arch: Architecture, tp: int, elem_bytes: int) -> 
 #   top_k_mask_logits, an empty_like copy, then its softmax): 4 + 4 B more, 14 B;
 # - "triton": in place, then the softmax probabilities and random_sample's exponential draws (4 + 4 B), 14 B;
 # - "pytorch": the sort (float32 values + int64 indices), its softmax/cumsum, the masks and the scatter back;
-#   fitted at 38 B on gpt-oss-120b on one H100 (vllm#23278 on 0.10.1, vllm#27508 on 0.11.0: 1024 rows x
-#   201,088 logits lost 7.4-7.5 GiB besides the weights in both logs, forward and non-torch memory included).
-SAMPLER_BYTES_PER_LOGIT = {"flashinfer": 14, "triton": 14, "pytorch": 38}
+#   fitted at 39 B on gpt-oss-120b on one H100 (vllm#23278 on 0.10.1, vllm#27508 on 0.11.0: 1024 rows x
+#   201,088 logits lost 7.4-7.5 GiB besides the weights in both logs, the 0.1 GiB of non-torch memory included).
+SAMPLER_BYTES_PER_LOGIT = {"flashinfer": 14, "triton": 14, "pytorch": 39}
 
-# Calibration constants of the activation model (bench/planner_accuracy.py fits and checks them).
-ACTIVATION_BASE_GIB = 0.25  # allocator slack, dummy inputs, small buffers
+# Calibration constant of the activation model (bench/planner_accuracy.py checks it).
 ACTIVATION_SCALE = 1.0
 
 
@@ -337,6 +337,13 @@ def activation_bytes(
     of `sampler` (SAMPLER_BYTES_PER_LOGIT; None: the release's default, VllmVersion.default_sampler). There is no
     per-expert term: vLLM has no such allocation, and the large-MoE rows that once suggested one are explained by the
     sampler and the MXFP4 padding.
+    No base term either: V1 charges the increase of torch's *allocated* peak over what is allocated when the profile
+    run starts (MemorySnapshot.measure, "allocated_bytes.all.peak": vllm/utils/__init__.py at 0.10.1.1 and 0.11.0,
+    utils/mem_utils.py at 0.19.1), so neither the allocator's reserved-but-free blocks nor the runner's persistent
+    input buffers (allocated before profiling) count; the slope fitted on the V0 rows has no intercept either
+    (2.07 GiB at 20000 tokens, 2.99 at 29000). The 0.25 GiB base this term once had was the part of V0 0.6.4's
+    logged non-torch memory (see NON_TORCH_GIB) that V1 does not charge; 0.33, which charges more, keeps it
+    (PERSISTENT_GIB).
     """
     tokens = max_num_batched_tokens
     h = arch.hidden_size
@@ -349,7 +356,7 @@ def activation_bytes(
     forward = residual + max(attn, mlp)
     per_logit = SAMPLER_BYTES_PER_LOGIT[sampler or version.default_sampler]
     sampler_peak = per_logit * max_num_seqs * arch.vocab_size
-    return ACTIVATION_SCALE * max(forward, sampler_peak) + ACTIVATION_BASE_GIB * GIB
+    return ACTIVATION_SCALE * max(forward, sampler_peak)
 
 
 # Memory inside the budget that torch does not allocate and that appears after the worker's baseline snapshot
@@ -360,7 +367,16 @@ def activation_bytes(
 # live in the headroom with the CUDA context (NCCL_GIB). V0 charged them inside the budget ("non_torch_memory takes
 # 0.25GiB" at TP 2, vllm#13061); the 0.10.1.1 logs at TP 2 and 4 (bench rows qwen2-7b/2x*/tp2, gpt-oss-120b/4x*/tp4)
 # leave no room for them.
+# V1 counts non-torch memory as (device used - torch reserved) since a snapshot taken once the CUDA context exists
+# (MemorySnapshot, memory_profiling: non_torch_increase); V0 0.6.4 counted (device used - torch allocated) with no
+# baseline at all (worker/worker.py determine_num_available_blocks), so its logged "non_torch_memory" (0.35 GiB on an
+# RTX 3090, vllm#10517) holds the CUDA context and the allocator's free cached blocks, which V1 leaves in the
+# headroom. The bench sizes V0 rows with the non-torch memory their logs print.
 NON_TORCH_GIB = 0.1
+# What 0.33 also charges (VllmVersion.budget_counts_persistent_allocations): the model runner's persistent buffers,
+# the workspaces and blocks left reserved. No 0.33 startup log sizes it; the 0.25 GiB is the activation base the model
+# charged every release before V0's accounting was read (see activation_bytes), kept for 0.33 only, unverified.
+PERSISTENT_GIB = 0.25
 NCCL_GIB = 0.3  # NCCL and custom all-reduce buffers per GPU under TP (V0's 0.25 GiB at TP 2, vllm#13061)
 
 
