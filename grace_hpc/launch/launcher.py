@@ -58,6 +58,11 @@ def choose_executor(requested: str) -> str:
     return requested
 
 
+def job_name_of(deployment: str, server: str) -> str:
+    """The SLURM job name of a server's jobs (the fleet controller finds unrecorded ones by it)."""
+    return f"grace-{deployment}-{server}"
+
+
 def plan_deployment(cluster: Cluster, catalog: Catalog, deployment: Deployment) -> list[PlannedServer]:
     """Plan every server; PlanError naming each server that does not fit and why."""
     planned, problems = [], []
@@ -71,7 +76,7 @@ def plan_deployment(cluster: Cluster, catalog: Catalog, deployment: Deployment) 
         if not plan.fits:
             problems.append(f"{server.name} on {partition.name}: " + "; ".join(plan.reasons))
             continue
-        res = job_resources(partition, job_name=f"grace-{deployment.name}-{server.name}",
+        res = job_resources(partition, job_name=job_name_of(deployment.name, server.name),
                             num_gpus=plan.num_gpus, time=server.time)
         planned.append(PlannedServer(server, plan, res))
     if problems:

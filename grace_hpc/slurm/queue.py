@@ -233,3 +233,15 @@ def job_states(
         elif "accounting storage is disabled" not in proc.stderr.lower():
             raise _failure(proc)
     return found
+
+
+def named_argv(job_name: str) -> list[str]:
+    return ["squeue", "--me", "-h", "-o", SQUEUE_FORMAT, "--name", job_name]
+
+
+def jobs_named(job_name: str, *, run: Runner = _run) -> list[JobInfo]:
+    """The user's jobs called `job_name` that squeue still lists (pending, running, or just ended)."""
+    proc = run(named_argv(job_name))
+    if proc.returncode != 0:
+        raise _failure(proc)
+    return parse_queue_lines(proc.stdout, "squeue")
