@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from grace_hpc.errors import RegistryError
-from grace_hpc.fleet.demand import Demand, DemandFile, ModelDemand, from_status
+from grace_hpc.fleet.demand import Demand, DemandFile, ModelDemand
 from grace_hpc.fleet.policy import Sample
 from grace_hpc.registry.fs import LocalFileSystem, RetryPolicy
 
@@ -48,9 +48,3 @@ def test_a_foreign_file_is_one_error_naming_it(tmp_path):
 def test_a_server_sample_sums_the_models_it_packs():
     demand = Demand(5.0, {"a": ModelDemand(3, 1), "b": ModelDemand(2, 0), "c": ModelDemand(9, 9)})
     assert demand.sample(["a", "b", "unseen"]) == Sample(5.0, 5, 1)
-
-
-def test_the_routers_status_gives_outstanding_per_model():
-    status = {"endpoints": [{"model": "a", "in_flight": 2}, {"model": "a", "in_flight": 1},
-                            {"model": "b", "in_flight": 0}]}
-    assert from_status(status, at=1.0).models == {"a": ModelDemand(3), "b": ModelDemand(0)}

@@ -4,8 +4,7 @@
 
 `outstanding` counts requests in flight to the model's endpoints, `waiting` requests held for a model with no ready
 endpoint (a cold start). The router replaces the whole file atomically through the registry's file-system seam, so
-the controller reads the old document or the new one. The controller can read the same numbers from the router's
-`GET /status` instead (`from_status`), which knows nothing of waiting requests.
+the controller reads the old document or the new one.
 """
 
 from __future__ import annotations
@@ -54,14 +53,6 @@ def parse(doc: object, source: str) -> Demand:
         return Demand(float(doc["at"]), models)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise RegistryError(f"{source}: not a demand document ({exc}); the router rewrites it every second") from exc
-
-
-def from_status(status: Mapping, at: float) -> Demand:
-    """Demand from the router's `GET /status`: each endpoint's `in_flight`, summed per model."""
-    outstanding: dict[str, int] = {}
-    for e in status.get("endpoints", ()):
-        outstanding[e["model"]] = outstanding.get(e["model"], 0) + int(e.get("in_flight", 0))
-    return Demand(at, {m: ModelDemand(n) for m, n in outstanding.items()})
 
 
 class DemandFile:
