@@ -26,6 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from grace_hpc.fleet.demand import DemandFile
     from grace_hpc.registry.store import Registry
     from grace_hpc.router import create_app, run_router
     from grace_hpc.router.auth import client_keys, require_keys_off_loopback
@@ -41,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
         registry = Registry.from_cluster(cluster, config)
     keys = client_keys(args.keys_file, os.environ)
     require_keys_off_loopback(args.host, keys)
-    app = create_app(routing, registry, client_keys=keys, stale_after_s=cluster.stale_after_s)
+    app = create_app(routing, registry, client_keys=keys, stale_after_s=cluster.stale_after_s,
+                     demand_file=DemandFile(registry.path.parent))  # what `fleet run` scales by
     use_jobs(app, ManifestJobs(config, cluster))  # the dashboard's fleet panel: manifests and SLURM
 
     def listening(url: str) -> None:

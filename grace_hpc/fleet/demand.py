@@ -67,6 +67,7 @@ class DemandFile:
         data = json.dumps(demand.to_json()).encode()
 
         def publish() -> None:
+            self.fs.mkdir(self.path.parent)  # the router may start before any server created the registry
             self.fs.replace(self.fs.write_temp(self.path.parent, f".{FILE_NAME}", data), self.path)
 
         with_retries(self.retry, "write the demand file", self.path, publish)
