@@ -11,9 +11,15 @@ import time
 import uuid
 from pathlib import Path
 
+import openai
 import pytest
 
+from grace_hpc.config.loader import ConfigDir
+from grace_hpc.fleet.demand import DemandFile
+from grace_hpc.registry.store import Registry
+from grace_hpc.router import create_app, serve_in_thread
 from tests.support.cli import grace, grace_json
+from tests.support.router_env import routing
 
 pytestmark = [pytest.mark.slurm, pytest.mark.engine]
 
@@ -45,9 +51,9 @@ def once(project: Path, name: str) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def my_jobs(name: str) -> list[str]:
+def my_jobs(name: str, server: str = "s") -> list[str]:
     out = subprocess.run(["squeue", "--me", "-h", "-o", "%i", "-t", "PENDING,RUNNING,CONFIGURING", "--name",
-                          f"grace-{name}-s"], capture_output=True, text=True, check=True).stdout
+                          f"grace-{name}-{server}"], capture_output=True, text=True, check=True).stdout
     return sorted(out.split())
 
 
@@ -100,3 +106,38 @@ def test_a_controller_sigkilled_at_random_points_restarts_without_duplicates_or_
     assert my_jobs(elastic) == manifest_ids(tiny_project, elastic), "a live job no record knows, or the reverse"
     assert row["running"] + len(row["pending"]) == row["desired"] == len(my_jobs(elastic))
     assert row["action_under_way"] is None
+
+
+def test_a_scaled_to_zero_server_starts_on_the_first_request_answers_it_and_returns_to_zero(tiny_project,
+                                                                                             slurm_cluster):
+    name = f"zero-{uuid.uuid4().hex[:6]}"
+    (tiny_project / "configs" / "deployments" / f"{name}.yaml").write_text(
+        f"name: {name}\nservers:\n  - name: s\n    partition: t4\n    models: [tiny]\n    engine: llama.cpp\n"
+        "    max_model_len: 1024\n    replicas: {min: 0, max: 1}\n    scale_down: {idle_timeout_s: 3}\n")
+    config = ConfigDir(tiny_project / "configs")
+    registry = Registry.from_cluster(config.cluster(), config, environ={})
+    table = routing({"categories": [{"name": "default", "models": ["tiny"], "cold_start_wait_s": 120}]})
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GRACE_", "SLURM_", "SUBMITIT_"))}
+    controller = subprocess.Popen([sys.executable, "-m", "grace_hpc", "fleet", "run", "--deployment", name,
+                                   "--executor", "slurm", "--period", "1"], cwd=tiny_project, env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    app = create_app(table, registry, environ={}, poll_interval_s=0.2, demand_file=DemandFile(registry.path.parent))
+    try:
+        with serve_in_thread(app) as url, openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0,
+                                                        timeout=150) as client:
+            time.sleep(3)  # the controller's first passes: min 0, nothing submitted
+            assert my_jobs(name, "s") == []
+            started = time.monotonic()
+            reply = client.chat.completions.create(model="default", max_tokens=2,
+                                                   messages=[{"role": "user", "content": "hi"}])
+            print(f"cold start answered in {time.monotonic() - started:.1f}s")
+            assert reply.choices[0].message.content is not None
+            deadline = time.monotonic() + 60
+            while my_jobs(name, "s") and time.monotonic() < deadline:
+                time.sleep(0.5)
+            assert my_jobs(name, "s") == [] and manifest_ids(tiny_project, name) == []
+    finally:
+        controller.terminate()
+        _, err = controller.communicate(timeout=30)
+        grace(tiny_project, "stop", "--deployment", name)
+    assert controller.returncode == 0, err
