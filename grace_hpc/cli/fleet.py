@@ -91,6 +91,7 @@ def report(state: FleetState) -> None:
 
 
 def status(args: argparse.Namespace) -> int:
+    from grace_hpc.fleet.handover import handover_lead, supervisor_logs
     from grace_hpc.fleet.status import fleet_rows
     from grace_hpc.fleet.world import SlurmFleet
     from grace_hpc.registry.store import Registry
@@ -98,7 +99,9 @@ def status(args: argparse.Namespace) -> int:
     config, deployment, journal = journal_of(args)
     registry = Registry.from_cluster(config.cluster(), config)
     live = SlurmFleet(config, deployment, deployment.executor, registry).observe()
-    rows = fleet_rows(deployment, journal.read(), live, time.time())
+    logs = supervisor_logs(journal.path.parent)
+    leads = {s.name: handover_lead(s, logs) for s in deployment.servers}
+    rows = fleet_rows(deployment, journal.read(), live, leads, time.time())
     if args.json:
         print_json([asdict(r) for r in rows])
         return 0
@@ -116,4 +119,5 @@ def status(args: argparse.Namespace) -> int:
                   + "` running?", file=out)
         if r.action_under_way:
             print(f"  under way: {r.action_under_way}", file=out)
+        print(f"  handover lead {r.handover_lead_s:g}s ({r.handover_lead_source})", file=out)
     return 0

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from grace_hpc.config.deployment import Deployment
 from grace_hpc.fleet.controller import Live
+from grace_hpc.fleet.handover import Lead
 from grace_hpc.fleet.state import FleetState
 
 
@@ -22,10 +23,12 @@ class FleetRow:
     detail: str | None
     decided_age_s: float | None
     action_under_way: str | None  # a journalled intent: the controller is (or was killed while) acting
+    handover_lead_s: float  # a successor is due this long before a replica's wall time ends
+    handover_lead_source: str
 
 
-def fleet_rows(deployment: Deployment, state: FleetState, live: Mapping[str, Sequence[Live]], now: float
-               ) -> list[FleetRow]:
+def fleet_rows(deployment: Deployment, state: FleetState, live: Mapping[str, Sequence[Live]],
+               leads: Mapping[str, Lead], now: float) -> list[FleetRow]:
     rows = []
     for s in deployment.servers:
         mine = live.get(s.name, ())
@@ -36,5 +39,6 @@ def fleet_rows(deployment: Deployment, state: FleetState, live: Mapping[str, Seq
             sum(not r.pending for r in mine), {r.row.job_id: r.view.reason or "?" for r in mine if r.pending},
             last.reason.value if last else None, last.detail if last else None,
             round(now - last.at, 1) if last else None,
-            f"{intent.action.value} {intent.count}" if intent else None))
+            f"{intent.action.value} {intent.count}" if intent else None,
+            leads[s.name].seconds, leads[s.name].source))
     return rows
