@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import pytest
 
 from grace_hpc.config.deployment import Deployment
+from grace_hpc.errors import SchedulerError
 from grace_hpc.fleet.controller import Controller, Live, launch_count, victims
 from grace_hpc.fleet.demand import Demand, ModelDemand
 from grace_hpc.fleet.policy import Reason
@@ -205,3 +206,23 @@ def test_victims_are_pending_replicas_first_then_the_highest_index():
 
     fleet = [live(0, "RUNNING"), live(1, "PENDING"), live(2, "RUNNING"), live(3, "RUNNING")]
     assert [r.replica for r in victims(fleet, 2)] == [1, 3]
+
+
+def test_a_failing_pass_is_reported_and_the_loop_goes_on(tmp_path):
+    world, clock = World(), Clock()
+    router = Router(clock)
+    calls = []
+
+    def flaky_observe():
+        calls.append(clock.now)
+        if len(calls) == 1:
+            raise SchedulerError("`squeue ...` exited 1: slurm_load_jobs error: Socket timed out")
+        return World.observe(world)
+
+    world.observe = flaky_observe
+    lines: list[str] = []
+    c = controller(tmp_path, world, clock, router)
+    c.run(5, stop=lambda: len(calls) >= 2, sleep=lambda s: setattr(clock, "now", clock.now + s), report=lines.append)
+    assert lines[0].startswith("grace-hpc fleet: pass failed, retrying in 5s: `squeue ...` exited 1")
+    assert lines[1] == "grace-hpc fleet: s: desired 1 (below-min: 0 alive, replicas.min is 1)"
+    assert len(world.alive("s")) == 1

@@ -17,7 +17,7 @@ from grace_hpc.cli.common import add_common, config_dir, print_json
 if TYPE_CHECKING:
     from grace_hpc.config.deployment import Deployment
     from grace_hpc.config.loader import ConfigDir
-    from grace_hpc.fleet.state import FleetState, StateFile
+    from grace_hpc.fleet.state import StateFile
 
 #: seconds between reconcile passes (each is one squeue call, plus the launcher's own when it submits)
 DEFAULT_PERIOD_S = 15.0
@@ -76,18 +76,14 @@ def run(args: argparse.Namespace) -> int:
     stopped = threading.Event()
     with journal.exclusive():
         if args.once:
-            report(controller.reconcile())
+            for server, d in controller.reconcile().decisions.items():
+                print(f"{server}: desired {d.desired} ({d.reason.value}: {d.detail})")
             return 0
         # SIGTERM (scancel), USR2 (SLURM's time-limit warning) and Ctrl-C end the loop between passes
         for sig in (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT):
             signal.signal(sig, lambda *_: stopped.set())
-        controller.run(args.period, stopped.is_set, stopped.wait)
+        controller.run(args.period, stopped.is_set, stopped.wait, report=lambda line: print(line, flush=True))
     return 0
-
-
-def report(state: FleetState) -> None:
-    for server, d in state.decisions.items():
-        print(f"{server}: desired {d.desired} ({d.reason.value}: {d.detail})")
 
 
 def status(args: argparse.Namespace) -> int:

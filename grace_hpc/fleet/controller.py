@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from grace_hpc.config.deployment import Deployment
+from grace_hpc.errors import GraceError
 from grace_hpc.fleet.demand import Demand
 from grace_hpc.fleet.policy import Decision, Sample, cap_gpus, decide
 from grace_hpc.fleet.state import Action, FleetState, Intent, LastDecision, StateFile
@@ -122,9 +123,18 @@ class Controller:
         else:
             self.fleet.drain(intent.job_ids)
 
-    def run(self, period_s: float, stop: Callable[[], bool], sleep: Callable[[float], None] = time.sleep) -> None:
-        """Reconcile every `period_s` seconds until `stop()` says so."""
+    def run(self, period_s: float, stop: Callable[[], bool], sleep: Callable[[float], None] = time.sleep,
+            report: Callable[[str], None] = print) -> None:
+        """Reconcile every `period_s` seconds until `stop()` says so. A pass that fails (squeue busy, sbatch
+        refusing, the shared file system hiccuping) is reported and tried again at the next period: the journal
+        keeps its intent, so nothing is lost or done twice."""
         while not stop():
             started = self.clock()
-            self.reconcile()
+            try:
+                state = self.reconcile()
+            except GraceError as exc:
+                report(f"grace-hpc fleet: pass failed, retrying in {period_s:g}s: {exc}")
+            else:
+                for server, d in state.decisions.items():
+                    report(f"grace-hpc fleet: {server}: desired {d.desired} ({d.reason.value}: {d.detail})")
             sleep(max(0.0, period_s - (self.clock() - started)))
