@@ -15,6 +15,7 @@ from grace_hpc.fleet.controller import Controller, Live, launch_count, victims
 from grace_hpc.fleet.demand import Demand, ModelDemand
 from grace_hpc.fleet.policy import Reason
 from grace_hpc.fleet.state import Action, StateFile
+from grace_hpc.fleet.usage import UsageLedger
 from grace_hpc.launch.manifest import JobView, Submitted
 
 
@@ -226,3 +227,17 @@ def test_a_failing_pass_is_reported_and_the_loop_goes_on(tmp_path):
     assert lines[0].startswith("grace-hpc fleet: pass failed, retrying in 5s: `squeue ...` exited 1")
     assert lines[1] == "grace-hpc fleet: s: desired 1 (below-min: 0 alive, replicas.min is 1)"
     assert len(world.alive("s")) == 1
+
+
+def test_each_pass_records_what_the_fleet_held_and_what_the_load_needed(tmp_path):
+    world, clock = World(), Clock()
+    router = Router(clock)
+    ledger = UsageLedger(tmp_path / "fleet-usage.jsonl")
+    c = Controller(deployment(low=2), world, StateFile(tmp_path / "fleet.json"), router, {"s": 4}, clock, ledger)
+    c.reconcile()  # submits two: pending, so nothing is held yet
+    for job_id, (server, replica, _) in list(world.queue.items()):
+        world.queue[job_id] = (server, replica, "RUNNING")
+    router.outstanding = 3  # 2 per replica: the load needs both
+    clock.now += 5
+    c.reconcile()
+    assert [(e.running, e.needed, e.gpus_per_replica) for e in ledger.read()] == [(0, 0, 4), (2, 2, 4)]

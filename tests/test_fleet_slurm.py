@@ -87,6 +87,8 @@ def test_demand_raises_replicas_from_one_to_three_and_idleness_brings_them_back(
     while len(my_jobs(elastic)) > 1 and time.monotonic() < deadline:
         time.sleep(0.5)
     assert len(my_jobs(elastic)) == 1 and my_jobs(elastic) == manifest_ids(tiny_project, elastic)
+    [t4] = grace_json(tiny_project, "fleet", "report", "--deployment", elastic, "--hours", "1")
+    assert t4["partition"] == "t4" and 0 <= t4["gpu_hours_busy"] <= t4["gpu_hours_held"] and t4["gpu_hours_held"] > 0
 
 
 def test_a_controller_sigkilled_at_random_points_restarts_without_duplicates_or_orphans(tiny_project, elastic):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import shlex
 import signal
 import sys
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     from grace_hpc.config.loader import ConfigDir
     from grace_hpc.fleet.state import StateFile
 
+USAGE_FILE = "fleet-usage.jsonl"
 #: seconds between reconcile passes (each is one squeue call, plus the launcher's own when it submits)
 DEFAULT_PERIOD_S = 15.0
 
@@ -41,6 +43,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_common(status_p)
     status_p.add_argument("--deployment", required=True, help="name in configs/deployments/ or a YAML path")
     status_p.set_defaults(handler=status)
+    report_p = fleet.add_parser("report", help="GPU-hours held vs busy per partition over a window (sacct + ledger)")
+    add_common(report_p)
+    report_p.add_argument("--deployment", required=True, help="name in configs/deployments/ or a YAML path")
+    report_p.add_argument("--hours", type=float, default=24.0, help="the window: this many hours up to now")
+    report_p.set_defaults(handler=report)
 
 
 def journal_of(args: argparse.Namespace) -> tuple[ConfigDir, Deployment, StateFile]:
@@ -56,6 +63,7 @@ def journal_of(args: argparse.Namespace) -> tuple[ConfigDir, Deployment, StateFi
 def run(args: argparse.Namespace) -> int:
     from grace_hpc.fleet.controller import Controller
     from grace_hpc.fleet.demand import DemandFile
+    from grace_hpc.fleet.usage import UsageLedger
     from grace_hpc.fleet.world import SlurmFleet
     from grace_hpc.launch.launcher import choose_executor, plan_deployment
     from grace_hpc.registry.store import Registry
@@ -72,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
     gpus = {ps.server.name: ps.plan.num_gpus for ps in plan_deployment(cluster, config.catalog(), deployment)}
     kind = choose_executor(deployment.executor if args.executor == "auto" else args.executor)
     controller = Controller(deployment, SlurmFleet(config, deployment, kind, registry), journal,
-                            DemandFile(registry.path.parent).read, gpus)
+                            DemandFile(registry.path.parent).read, gpus,
+                            usage=UsageLedger(journal.path.with_name(USAGE_FILE)))
     stopped = threading.Event()
     with journal.exclusive():
         if args.once:
@@ -116,4 +125,33 @@ def status(args: argparse.Namespace) -> int:
         if r.action_under_way:
             print(f"  under way: {r.action_under_way}", file=out)
         print(f"  handover lead {r.handover_lead_s:g}s ({r.handover_lead_source})", file=out)
+    return 0
+
+
+def report(args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    from grace_hpc.fleet.usage import UsageLedger, parse_held
+    from grace_hpc.fleet.usage import report as usage_report
+    from grace_hpc.launch.launcher import job_name_of, plan_deployment
+    from grace_hpc.slurm.queue import accounting
+
+    config, deployment, journal = journal_of(args)
+    hi = time.time()
+    lo = hi - args.hours * 3600
+    planned = {job_name_of(deployment.name, ps.server.name): ps.plan.num_gpus
+               for ps in plan_deployment(config.cluster(), config.catalog(), deployment)}
+    start = datetime.fromtimestamp(lo).strftime("%Y-%m-%dT%H:%M:%S")
+    held = parse_held(accounting(sorted(planned), start, getpass.getuser()))
+    rows = usage_report(held, planned, UsageLedger(journal.path.with_name(USAGE_FILE)).read(), lo, hi)
+    if args.json:
+        print_json([{**asdict(r), "busy_share": r.busy_share} for r in rows])
+        return 0
+    print(f"{deployment.name}: GPU-hours over the last {args.hours:g} h (held: SLURM accounting; busy: the "
+          "replicas the load needed)")
+    for r in rows:
+        share = "" if r.busy_share is None else f" ({r.busy_share:.0%} busy)"
+        print(f"  {r.partition}: held {r.gpu_hours_held:.2f}, busy {r.gpu_hours_busy:.2f}{share}")
+    if not rows:
+        print("  no jobs in the window")
     return 0

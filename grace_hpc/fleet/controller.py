@@ -20,8 +20,9 @@ from typing import Protocol
 from grace_hpc.config.deployment import Deployment
 from grace_hpc.errors import GraceError
 from grace_hpc.fleet.demand import Demand
-from grace_hpc.fleet.policy import Decision, Sample, cap_gpus, decide
+from grace_hpc.fleet.policy import Decision, Sample, cap_gpus, decide, needed
 from grace_hpc.fleet.state import Action, FleetState, Intent, LastDecision, StateFile
+from grace_hpc.fleet.usage import UsageEntry, UsageLedger
 from grace_hpc.launch.manifest import JobView, Submitted
 
 #: demand history kept beyond the policy's longest window (the window must be covered to decide)
@@ -76,9 +77,9 @@ def extend(history: Sequence[Sample], sample: Sample | None, now: float, keep_s:
 class Controller:
     def __init__(self, deployment: Deployment, fleet: Fleet, journal: StateFile,
                  demand: Callable[[], Demand | None], gpus_per_replica: Mapping[str, int],
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, usage: UsageLedger | None = None):
         self.deployment, self.fleet, self.journal, self.demand = deployment, fleet, journal, demand
-        self.gpus_per_replica, self.clock = gpus_per_replica, clock
+        self.gpus_per_replica, self.clock, self.usage = gpus_per_replica, clock, usage
 
     def reconcile(self) -> FleetState:
         """One pass; returns what it decided (also in the journal)."""
@@ -101,6 +102,8 @@ class Controller:
             self.gpus_per_replica, self.deployment.max_gpus)
         state = FleetState({n: LastDecision.of(d, now) for n, d in decisions.items()}, history)
         self.journal.write(state)
+        if self.usage is not None:
+            self.usage.append(self._usage(live, history, now))
         for name, d in decisions.items():
             change = d.desired - actual[name]
             if change > 0:
@@ -113,6 +116,18 @@ class Controller:
             if change:
                 self.journal.write(state)  # done: the manifest records the result
         return state
+
+    def _usage(self, live: Mapping[str, Sequence[Live]], history: Mapping[str, Sequence[Sample]], now: float
+               ) -> list[UsageEntry]:
+        """What each server held (running replicas) and needed (its latest load) at this pass."""
+        entries = []
+        for s in self.deployment.servers:
+            running = sum(not r.pending for r in live.get(s.name, ()))
+            latest = history[s.name][-1] if history[s.name] else None
+            load = latest.outstanding if latest else 0
+            entries.append(UsageEntry(now, s.name, s.partition, self.gpus_per_replica[s.name], running,
+                                      min(running, needed(load, s.scale_up.outstanding_per_replica))))
+        return entries
 
     def _recover(self, intent: Intent) -> None:
         """Finish what a killed controller was doing (see the module docstring)."""

@@ -245,3 +245,18 @@ def jobs_named(job_name: str, *, run: Runner = _run) -> list[JobInfo]:
     if proc.returncode != 0:
         raise _failure(proc)
     return parse_queue_lines(proc.stdout, "squeue")
+
+
+def held_argv(job_names: Sequence[str], start: str, user: str) -> list[str]:
+    # sacct has no --me in 22.05, and shows every user's jobs to root: name the user
+    return ["sacct", "-X", "-n", "-P", "-u", user, "-S", start, "-E", "now", "--name", ",".join(job_names),
+            "-o", "JobID,JobName,Partition,AllocTRES,Start,End"]
+
+
+def accounting(job_names: Sequence[str], start: str, user: str, *, run: Runner = _run) -> str:
+    """sacct's lines for `user`'s jobs with these names since `start` (YYYY-MM-DDTHH:MM:SS); parsed by the
+    caller (grace_hpc/fleet/usage.py)."""
+    proc = run(held_argv(job_names, start, user))
+    if proc.returncode != 0:
+        raise _failure(proc)
+    return proc.stdout
