@@ -63,10 +63,12 @@ def journal_of(args: argparse.Namespace) -> tuple[ConfigDir, Deployment, StateFi
 def run(args: argparse.Namespace) -> int:
     from grace_hpc.fleet.controller import Controller
     from grace_hpc.fleet.demand import DemandFile
+    from grace_hpc.fleet.limits import parse_limits
     from grace_hpc.fleet.usage import UsageLedger
     from grace_hpc.fleet.world import SlurmFleet
     from grace_hpc.launch.launcher import choose_executor, plan_deployment
     from grace_hpc.registry.store import Registry
+    from grace_hpc.slurm.queue import association_limits
 
     config, deployment, journal = journal_of(args)
     if args.emit_sbatch:
@@ -81,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
     kind = choose_executor(deployment.executor if args.executor == "auto" else args.executor)
     controller = Controller(deployment, SlurmFleet(config, deployment, kind, registry), journal,
                             DemandFile(registry.path.parent).read, gpus,
-                            usage=UsageLedger(journal.path.with_name(USAGE_FILE)))
+                            usage=UsageLedger(journal.path.with_name(USAGE_FILE)),
+                            partition_limits=parse_limits(association_limits(getpass.getuser()) or ""))
     stopped = threading.Event()
     with journal.exclusive():
         if args.once:

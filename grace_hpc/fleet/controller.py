@@ -20,6 +20,7 @@ from typing import Protocol
 from grace_hpc.config.deployment import Deployment
 from grace_hpc.errors import GraceError
 from grace_hpc.fleet.demand import Demand
+from grace_hpc.fleet.limits import cap_partitions
 from grace_hpc.fleet.policy import Decision, Sample, cap_gpus, decide, needed
 from grace_hpc.fleet.state import Action, FleetState, Intent, LastDecision, StateFile
 from grace_hpc.fleet.usage import UsageEntry, UsageLedger
@@ -77,9 +78,11 @@ def extend(history: Sequence[Sample], sample: Sample | None, now: float, keep_s:
 class Controller:
     def __init__(self, deployment: Deployment, fleet: Fleet, journal: StateFile,
                  demand: Callable[[], Demand | None], gpus_per_replica: Mapping[str, int],
-                 clock: Callable[[], float] = time.time, usage: UsageLedger | None = None):
+                 clock: Callable[[], float] = time.time, usage: UsageLedger | None = None,
+                 partition_limits: Mapping[str, int] | None = None):
         self.deployment, self.fleet, self.journal, self.demand = deployment, fleet, journal, demand
         self.gpus_per_replica, self.clock, self.usage = gpus_per_replica, clock, usage
+        self.partition_limits = partition_limits or {}  # limits.parse_limits: the user's GPU limits in SLURM
 
     def reconcile(self) -> FleetState:
         """One pass; returns what it decided (also in the journal)."""
@@ -100,6 +103,8 @@ class Controller:
         decisions: dict[str, Decision] = cap_gpus(
             {s.name: decide(history[s.name], s, actual[s.name], now) for s in servers}, actual,
             self.gpus_per_replica, self.deployment.max_gpus)
+        decisions = cap_partitions(decisions, actual, self.gpus_per_replica, {s.name: s.partition for s in servers},
+                                   self.partition_limits)
         state = FleetState({n: LastDecision.of(d, now) for n, d in decisions.items()}, history)
         self.journal.write(state)
         if self.usage is not None:

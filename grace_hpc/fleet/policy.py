@@ -90,9 +90,9 @@ def decide(history: Sequence[Sample], server: ServerSpec, actual: int, now: floa
 
 
 def cap_gpus(decisions: Mapping[str, Decision], actual: Mapping[str, int], gpus_per_replica: Mapping[str, int],
-             max_gpus: int | None) -> dict[str, Decision]:
-    """Trim growth so the deployment holds at most `max_gpus`; servers are trimmed in name order, shrinking ones
-    are never touched (they free GPUs)."""
+             max_gpus: int | None, what: str = "max_gpus") -> dict[str, Decision]:
+    """Trim growth so these servers hold at most `max_gpus` (`what` names the limit in the reason); servers are
+    trimmed in name order, shrinking ones are never touched (they free GPUs)."""
     out = dict(decisions)
     if max_gpus is None:
         return out
@@ -104,5 +104,5 @@ def cap_gpus(decisions: Mapping[str, Decision], actual: Mapping[str, int], gpus_
             total -= gpus_per_replica[server]
         if d is not out[server]:
             out[server] = Decision(d.desired, Reason.GPU_CAP, f"{decisions[server].reason.value} wanted "
-                                   f"{decisions[server].desired}; max_gpus {max_gpus} allows {d.desired}")
+                                   f"{decisions[server].desired}; {what} {max_gpus} allows {d.desired}")
     return out

@@ -260,3 +260,17 @@ def accounting(job_names: Sequence[str], start: str, user: str, *, run: Runner =
     if proc.returncode != 0:
         raise _failure(proc)
     return proc.stdout
+
+
+def assoc_argv(user: str) -> list[str]:
+    return ["sacctmgr", "-n", "-P", "show", "assoc", f"user={user}", "format=Partition,GrpTRES,MaxTRES"]
+
+
+def association_limits(user: str, *, run: Runner = _run) -> str | None:
+    """sacctmgr's association lines for `user` (parsed by grace_hpc/fleet/limits.py); None where sacctmgr is
+    missing or refuses (no accounting database): the limits are then SLURM's to enforce alone."""
+    try:
+        proc = run(assoc_argv(user))
+    except SchedulerError:
+        return None
+    return proc.stdout if proc.returncode == 0 else None
