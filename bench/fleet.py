@@ -2,7 +2,7 @@
 a deployment sized for its peak (`replicas: 3`) and an elastic one (`{min: 1, max: 3}` with `fleet run`). Prints
 GPU-seconds held (SLURM's Start/End of every job of the run, times the plan's GPUs) and client latency, side by side.
 
-    python bench/fleet.py [--partition t4] [--quiet-rate 0.5] [--burst-rate 6] [--seconds 20,20,40]
+    python bench/fleet.py [--partition t4] [--quiet-rate 0.2] [--burst-rate 2] [--seconds 15,20,30]
 
 The trace: `quiet-rate` req/s, then `burst-rate`, then `quiet-rate` again, for the three `--seconds`. The model is
 the embedded SmolLM2-135M on llama.cpp (CPU), 8 tokens per answer. Every job the bench submits is stopped at its end.
@@ -75,7 +75,7 @@ def trace(rates: list[float], seconds: list[float]) -> list[float]:
 def ask(url: str) -> tuple[float, int]:
     started = time.monotonic()
     try:
-        status = requests.post(f"{url}/v1/chat/completions", timeout=180, json={
+        status = requests.post(f"{url}/v1/chat/completions", timeout=900, json={
             "model": "default", "max_tokens": 8, "messages": [{"role": "user", "content": "Say hi."}]}).status_code
     except requests.RequestException:
         status = 0
@@ -143,9 +143,9 @@ def run_mode(folder: Path, name: str, times: list[float], elastic: bool) -> dict
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--partition", default="t4")
-    parser.add_argument("--quiet-rate", type=float, default=0.5)
-    parser.add_argument("--burst-rate", type=float, default=6.0)
-    parser.add_argument("--seconds", default="20,20,40", help="lengths of the quiet, burst and quiet phases")
+    parser.add_argument("--quiet-rate", type=float, default=0.2)
+    parser.add_argument("--burst-rate", type=float, default=2.0)
+    parser.add_argument("--seconds", default="15,20,30", help="lengths of the quiet, burst and quiet phases")
     args = parser.parse_args()
     seconds = [float(s) for s in args.seconds.split(",")]
     times = trace([args.quiet_rate, args.burst_rate, args.quiet_rate], seconds)
