@@ -72,7 +72,8 @@ def test_every_problem_of_a_file_is_listed_in_one_line(tmp_path):
     problems = message.removeprefix(f"{path}: ").split("; ")
     assert problems[0] == "servers[0] (entry 'a'): unknown key 'partiton' (did you mean 'partition'?)"
     assert problems[1].startswith("servers[1] (entry 'b'): unknown key 'wibble' (known keys: categories, ")
-    assert problems[2:] == ["servers[0].replicas (entry 'a'): Input should be greater than 0 (got 0)"]
+    assert problems[2:] == ["servers[0].replicas (entry 'a'): a fixed replica count must be at least 1 (got 0): "
+                            "`replicas: {min: 0, max: N}` scales to zero when idle"]
 
 
 def test_invalid_yaml_names_the_line(tmp_path):

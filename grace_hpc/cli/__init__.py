@@ -22,6 +22,7 @@ SUBCOMMANDS = (
     "plan",
     "pull",
     "launch",
+    "fleet",
     "serve",
     "stop",
     "registry",

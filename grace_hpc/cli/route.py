@@ -30,6 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from grace_hpc.fleet.demand import DemandFile
     from grace_hpc.registry.store import Registry
     from grace_hpc.router import create_app, run_router
     from grace_hpc.router.auth import client_keys, require_keys_off_loopback
@@ -48,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
     keys = client_keys(args.keys_file, os.environ)
     users = open_users(keys, key_store(args), ledger_target(args), metrics_need_key=args.metrics_need_key)
     require_keys_off_loopback(args.host, keys | frozenset(users.table.by_id))
-    app = create_app(routing, registry, client_keys=keys, stale_after_s=cluster.stale_after_s, users=users)
+    app = create_app(routing, registry, client_keys=keys, stale_after_s=cluster.stale_after_s, users=users,
+                     demand_file=DemandFile(registry.path.parent))  # what `fleet run` scales by
     use_jobs(app, ManifestJobs(config, cluster))  # the dashboard's fleet panel: manifests and SLURM
     add_models_api(app, config)  # the workbench: /api/models (the dashboard's Models page)
 

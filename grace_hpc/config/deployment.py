@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import Enum
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from grace_hpc.config.catalog import Frozen, reject_duplicates
 
@@ -13,6 +13,33 @@ from grace_hpc.config.catalog import Frozen, reject_duplicates
 class Engine(str, Enum):
     VLLM = "vllm"
     LLAMACPP = "llama.cpp"
+
+
+class Replicas(Frozen):
+    """How many jobs of a server may run: `min == max` is a static server (an int `replicas: n` means both)."""
+
+    min: int = Field(default=1, ge=0)  # 0: scale to zero when idle, start on the first request
+    max: int = Field(default=1, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Replicas:
+        if self.min > self.max:
+            raise ValueError(f"min must not exceed max (got min {self.min}, max {self.max})")
+        return self
+
+
+class ScaleUp(Frozen):
+    """Add a replica when every replica carries more than `outstanding_per_replica` requests for `for_s` seconds
+    (a request waiting for a server with no replica always starts the first one)."""
+
+    outstanding_per_replica: float = Field(default=4.0, gt=0)
+    for_s: float = Field(default=30.0, ge=0)
+
+
+class ScaleDown(Frozen):
+    """Remove a replica once the server has had no outstanding request for `idle_timeout_s` seconds."""
+
+    idle_timeout_s: float = Field(default=600.0, gt=0)
 
 
 class ServerSpec(Frozen):
@@ -28,9 +55,28 @@ class ServerSpec(Frozen):
     quantization: str | None = None
     max_model_len: int | None = Field(default=None, gt=0)
     min_concurrency: int = Field(default=1, gt=0)
-    replicas: int = Field(default=1, gt=0)
+    replicas: Replicas = Replicas()
+    scale_up: ScaleUp = ScaleUp()
+    scale_down: ScaleDown = ScaleDown()
+    # start a successor this many seconds before a job's wall time ends; None: measured from past start-ups
+    handover_lead_s: float | None = Field(default=None, gt=0)
     time: str | None = None  # overrides the partition's max_time
     extra_args: tuple[str, ...] = ()  # appended to the engine argv verbatim
+
+    @field_validator("replicas", mode="before")
+    @classmethod
+    def _static(cls, value: object) -> object:
+        # `replicas: 2` keeps its meaning from before elastic fleets: exactly two, always
+        if not isinstance(value, int) or isinstance(value, bool):
+            return value
+        if value < 1:
+            raise ValueError(f"a fixed replica count must be at least 1 (got {value}): "
+                             "`replicas: {min: 0, max: N}` scales to zero when idle")
+        return {"min": value, "max": value}
+
+    @property
+    def elastic(self) -> bool:
+        return self.replicas.min != self.replicas.max
 
 
 class Deployment(Frozen):
@@ -38,11 +84,21 @@ class Deployment(Frozen):
     description: str = ""
     executor: Literal["auto", "slurm", "local"] = "auto"  # auto: SLURM where sbatch exists, else local
     servers: tuple[ServerSpec, ...] = Field(min_length=1)
+    max_gpus: int | None = Field(default=None, gt=0)  # the fleet controller never holds more GPUs than this
 
     @model_validator(mode="after")
     def _unique(self) -> Deployment:
         reject_duplicates([s.name for s in self.servers], "server")
         return self
+
+    @field_validator("max_gpus")
+    @classmethod
+    def _floor_fits(cls, value: int | None, info: ValidationInfo) -> int | None:
+        # GPUs not pinned count as 1: the planner picks the count, the controller re-checks with the plan
+        floor = sum(s.replicas.min * (s.num_gpus or 1) for s in info.data.get("servers", ()))
+        if value is not None and floor > value:
+            raise ValueError(f"below the {floor} GPUs that the servers' replicas.min need")
+        return value
 
     def only(self, names: tuple[str, ...] | list[str]) -> Deployment:
         """A copy restricted to the servers named (by server name or model name)."""

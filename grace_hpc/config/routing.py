@@ -13,6 +13,7 @@ class Category(Frozen):
     models: tuple[str, ...] = ()  # local models, best first
     cloud: tuple[str, ...] = ()  # cloud providers to try after the local models, in order
     cloud_only: bool = False  # seed 002's CLOUD_REQUIRED: never served locally
+    cold_start_wait_s: float = Field(default=0.0, ge=0)  # hold a request this long for a scaled-to-zero model
 
     @model_validator(mode="after")
     def _has_target(self) -> Category:

@@ -8,7 +8,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +58,11 @@ def choose_executor(requested: str) -> str:
     return requested
 
 
+def job_name_of(deployment: str, server: str) -> str:
+    """The SLURM job name of a server's jobs (the fleet controller finds unrecorded ones by it)."""
+    return f"grace-{deployment}-{server}"
+
+
 def plan_deployment(cluster: Cluster, catalog: Catalog, deployment: Deployment) -> list[PlannedServer]:
     """Plan every server; PlanError naming each server that does not fit and why."""
     planned, problems = [], []
@@ -71,7 +76,7 @@ def plan_deployment(cluster: Cluster, catalog: Catalog, deployment: Deployment) 
         if not plan.fits:
             problems.append(f"{server.name} on {partition.name}: " + "; ".join(plan.reasons))
             continue
-        res = job_resources(partition, job_name=f"grace-{deployment.name}-{server.name}",
+        res = job_resources(partition, job_name=job_name_of(deployment.name, server.name),
                             num_gpus=plan.num_gpus, time=server.time)
         planned.append(PlannedServer(server, plan, res))
     if problems:
@@ -167,9 +172,12 @@ def launch(
     dry_run: bool = False,
     replace: bool = False,
     environ: dict[str, str] | None = None,
+    replicas: Mapping[str, int] | None = None,
 ) -> LaunchResult:
     """Plan every server, then submit one job per server replica that is not already pending or running (with
     `replace`, those are stopped and submitted again); with `dry_run`, only render what would be submitted.
+    Each server gets `replicas.min` replicas, or as many as `replicas` (server name -> count) says (the fleet
+    controller's choice).
 
     Each job is recorded in the manifest as soon as it is submitted, so a submission that fails half way leaves
     every job submitted before it where `stop` finds it."""
@@ -193,7 +201,8 @@ def launch(
     check_weights(((p.model, p.weights_ref) for ps in planned for p in ps.plan.plans),
                   config.resolve(cluster.paths.hf_cache) if cluster.paths.hf_cache else None)
     running = already_running(manifest, deployment)
-    wanted = {(ps.server.name, replica) for ps in planned for replica in range(ps.server.replicas)}
+    count = {ps.server.name: (replicas or {}).get(ps.server.name, ps.server.replicas.min) for ps in planned}
+    wanted = {(ps.server.name, replica) for ps in planned for replica in range(count[ps.server.name])}
     kept = [row for key, row in running.items() if key in wanted]
     if replace and kept:
         stop_rows(registry, manifest, kept, timeout_s=60)
@@ -203,7 +212,7 @@ def launch(
     jobs: dict[str, submitit.Job] = {}
     for ps in planned:
         executor = make_executor(kind, folder, ps.resources, cluster.engines.setup)
-        for replica in range(ps.server.replicas):
+        for replica in range(count[ps.server.name]):
             if (ps.server.name, replica) in kept_keys:
                 continue
             try:

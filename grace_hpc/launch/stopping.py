@@ -21,14 +21,18 @@ class Stopped:
     deregistered: bool
 
 
-def cancel(jobs: list[Submitted], supervisor_pids: dict[str, list[int]]) -> None:
-    """One `scancel` for all SLURM jobs. Local jobs: SIGTERM to their supervisors (pids from the registry), which
-    drain and exit cleanly; a job that has not registered yet gets SIGTERM on its submitit controller."""
-    slurm_ids = [j.job_id for j in jobs if j.executor == "slurm"]
+def scancel(slurm_ids: list[str]) -> None:
+    """One `scancel` for all these SLURM job ids (none: nothing runs)."""
     if slurm_ids:
         proc = subprocess.run(["scancel", *slurm_ids], capture_output=True, text=True)
         if proc.returncode != 0:
             raise SchedulerError(f"scancel {' '.join(slurm_ids)} exited {proc.returncode}: {proc.stderr.strip()}")
+
+
+def cancel(jobs: list[Submitted], supervisor_pids: dict[str, list[int]]) -> None:
+    """One `scancel` for all SLURM jobs. Local jobs: SIGTERM to their supervisors (pids from the registry), which
+    drain and exit cleanly; a job that has not registered yet gets SIGTERM on its submitit controller."""
+    scancel([j.job_id for j in jobs if j.executor == "slurm"])
     for j in jobs:
         if j.executor == "local":
             for pid in supervisor_pids.get(j.job_id) or [int(j.job_id.removeprefix("local:"))]:

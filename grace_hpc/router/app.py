@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -23,8 +24,9 @@ from aiohttp import web
 
 from grace_hpc.config.routing import Routing
 from grace_hpc.errors import GraceError
+from grace_hpc.fleet.demand import DemandFile
 from grace_hpc.registry.records import EndpointRecord, EndpointState
-from grace_hpc.router import policy
+from grace_hpc.router import coldstart, policy
 from grace_hpc.router.auth import UpstreamKeys
 from grace_hpc.router.dashboard import add_dashboard
 from grace_hpc.router.errors import error_response
@@ -69,6 +71,8 @@ class RouterState:
     registry_error: str | None = None
     rotation: int = 0
     session: aiohttp.ClientSession | None = None
+    demand: coldstart.DemandBook = field(default_factory=coldstart.DemandBook)
+    demand_file: DemandFile | None = None  # where the fleet controller reads demand (None: not published)
 
     def apply(self, snap: Snapshot) -> None:
         """Swap in a new snapshot (on the event loop); requests in flight keep the records they already chose."""
@@ -110,6 +114,7 @@ def create_app(
     stale_after_s: float = 90.0,
     wall_clock: Callable[[], float] = time.time,
     users: Users | None = None,
+    demand_file: DemandFile | None = None,
 ) -> web.Application:
     """The router as an aiohttp application (serve it with `run_router` or `serve_in_thread`).
 
@@ -117,7 +122,7 @@ def create_app(
     (pass the cluster's `stale_after_s`; the registry's reap only reports such records). `users`: per-user keys,
     limits, budgets and the ledger (default: only `client_keys`, no ledger)."""
     state = RouterState(routing, registry, environ, clock, client_keys, poll_interval_s, HealthBook(clock),
-                        stale_after_s=stale_after_s, wall_clock=wall_clock,
+                        stale_after_s=stale_after_s, wall_clock=wall_clock, demand_file=demand_file,
                         users=users or Users(client_keys, poll_interval_s=poll_interval_s, wall_clock=wall_clock))
     app = web.Application(client_max_size=routing.max_body_bytes, middlewares=[_errors_as_json])
     app[STATE] = state
@@ -140,6 +145,9 @@ async def _lifespan(app: web.Application) -> AsyncIterator[None]:
     state.session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
     await _refresh(state)
     tasks = [asyncio.create_task(_watch_registry(state)), asyncio.create_task(_probe_ejected(state))]
+    if state.demand_file is not None:
+        tasks.append(asyncio.create_task(coldstart.publish(state.demand, state.demand_file, lambda: state.records,
+                                                           lambda i: state.health.get(i).in_flight)))
     yield
     for task in tasks:
         task.cancel()
@@ -248,13 +256,21 @@ async def _proxy(request: web.Request) -> web.StreamResponse:
     prompt_tokens = policy.estimate_prompt_tokens(body)
     if (refused := state.users.admit(tab, route.category.name, route.requested, body, prompt_tokens)) is not None:
         return refused
-    state.rotation += 1
-    attempts = policy.plan(
-        route, state.routing, state.records, state.health.entries, prompt_tokens=prompt_tokens,
-        cloud_ready=state.cloud_ready() if state.users.may_use_cloud(tab, route.category.cloud) else (),
-        rotation=state.rotation,
-        stale_before=state.stale_before(),
-    )
+
+    def plan() -> list[policy.Attempt]:
+        state.rotation += 1
+        return policy.plan(
+            route, state.routing, state.records, state.health.entries, prompt_tokens=prompt_tokens,
+            cloud_ready=state.cloud_ready() if state.users.may_use_cloud(tab, route.category.cloud) else (),
+            rotation=state.rotation, stale_before=state.stale_before(),
+        )
+
+    attempts = plan()
+    if route.models and not any(isinstance(a, policy.EndpointAttempt) for a in attempts):
+        if await _cold_start(state, route, attempts):
+            attempts = plan()
+        else:
+            state.demand.unserved(route.models[0])
     suffix = ROUTES[request.path]
     stream = body.get("stream") is True
     failures: list[UpstreamFailure] = []
@@ -296,6 +312,20 @@ def _finish(state: RouterState, tab: Tab, attempt: policy.Attempt, relayed: Rela
         state.users.finish(tab, relayed.status, endpoint=attempt.record, usage=relayed.usage)
     else:
         state.users.finish(tab, relayed.status, provider=attempt.provider, model=attempt.model, usage=relayed.usage)
+
+
+async def _cold_start(state: RouterState, route: policy.Route, attempts: list[policy.Attempt]) -> bool:
+    """Hold a request that nothing can serve (no replica, no cloud) up to its category's `cold_start_wait_s` for
+    the first replica the fleet controller starts; True once one is routable."""
+    wait_s = route.category.cold_start_wait_s
+    if attempts or not wait_s:
+        return False
+
+    def ready() -> bool:
+        stale_before = state.stale_before()
+        return any(state.routable(r, stale_before) and policy.serves(r, m) for r in state.records for m in route.models)
+
+    return await coldstart.wait_for_replica(state.demand, route.models[0], ready, wait_s)
 
 
 def _target(
@@ -365,12 +395,15 @@ def _nothing_served(state: RouterState, route: policy.Route, failures: list[Upst
     unset = [f"${p.api_key_env}" for p in clouds if not state.environ.get(p.api_key_env)]
     cloud_hint = f"; cloud keys not set: {', '.join(unset)}" if unset else ("" if clouds else "; no cloud fallback")
     models = ", ".join(route.models) or "none (cloud only)"
-    return error_response(
+    response = error_response(
         503,
         f"no ready, healthy endpoint with room for category {route.category.name!r} (models: {models}){cloud_hint}; "
         "see GET /status and `grace-hpc status`",
         "no_endpoint_available", error_type="service_unavailable",
     )
+    if route.category.cold_start_wait_s:  # a replica is on its way: the client may come back
+        response.headers["Retry-After"] = str(math.ceil(route.category.cold_start_wait_s))
+    return response
 
 
 async def _models(request: web.Request) -> web.Response:

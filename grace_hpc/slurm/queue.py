@@ -233,3 +233,44 @@ def job_states(
         elif "accounting storage is disabled" not in proc.stderr.lower():
             raise _failure(proc)
     return found
+
+
+def named_argv(job_name: str) -> list[str]:
+    return ["squeue", "--me", "-h", "-o", SQUEUE_FORMAT, "--name", job_name]
+
+
+def jobs_named(job_name: str, *, run: Runner = _run) -> list[JobInfo]:
+    """The user's jobs called `job_name` that squeue still lists (pending, running, or just ended)."""
+    proc = run(named_argv(job_name))
+    if proc.returncode != 0:
+        raise _failure(proc)
+    return parse_queue_lines(proc.stdout, "squeue")
+
+
+def held_argv(job_names: Sequence[str], start: str, user: str) -> list[str]:
+    # sacct has no --me in 22.05, and shows every user's jobs to root: name the user
+    return ["sacct", "-X", "-n", "-P", "-u", user, "-S", start, "-E", "now", "--name", ",".join(job_names),
+            "-o", "JobID,JobName,Partition,AllocTRES,Start,End"]
+
+
+def accounting(job_names: Sequence[str], start: str, user: str, *, run: Runner = _run) -> str:
+    """sacct's lines for `user`'s jobs with these names since `start` (YYYY-MM-DDTHH:MM:SS); parsed by the
+    caller (grace_hpc/fleet/usage.py)."""
+    proc = run(held_argv(job_names, start, user))
+    if proc.returncode != 0:
+        raise _failure(proc)
+    return proc.stdout
+
+
+def assoc_argv(user: str) -> list[str]:
+    return ["sacctmgr", "-n", "-P", "show", "assoc", f"user={user}", "format=Partition,GrpTRES,MaxTRES"]
+
+
+def association_limits(user: str, *, run: Runner = _run) -> str | None:
+    """sacctmgr's association lines for `user` (parsed by grace_hpc/fleet/limits.py); None where sacctmgr is
+    missing or refuses (no accounting database): the limits are then SLURM's to enforce alone."""
+    try:
+        proc = run(assoc_argv(user))
+    except SchedulerError:
+        return None
+    return proc.stdout if proc.returncode == 0 else None
