@@ -1,0 +1,124 @@
+"""What a newcomer meets first: the README's commands, and one clear line that says what to do for each mistake."""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from grace_hpc.cli import build_parser, main
+from grace_hpc.config.loader import ConfigDir
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A copy of this repository's configs/ and routing/, to misspell things in."""
+    shutil.copytree(ROOT / "configs", tmp_path / "configs")
+    shutil.copytree(ROOT / "routing", tmp_path / "routing")
+    return tmp_path
+
+
+def run(capsys: pytest.CaptureFixture[str], project: Path, *argv: str) -> tuple[int, str, list[str]]:
+    """The CLI on `project`'s configs: (exit code, stdout, stderr lines)."""
+    code = main([*argv, "--config-dir", str(project / "configs")])
+    out, err = capsys.readouterr()
+    return code, out, err.splitlines()
+
+
+def edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new))
+
+
+def test_every_command_the_readme_shows_is_one_the_cli_accepts():
+    readme = (ROOT / "README.md").read_text().replace("\\\n", " ")
+    commands = [line.split("  #")[0].strip() for line in readme.splitlines()
+                if line.strip().startswith("python -m grace_hpc ")]
+    assert len(commands) >= 10  # the extraction finds the README's commands at all
+    parser = build_parser()
+    for command in commands:
+        parser.parse_args(shlex.split(command)[3:])  # argparse exits (failing the test) on an unknown command
+
+
+@pytest.mark.parametrize("command", [("plan", "--deployment", "zoo"), ("launch", "--deployment", "zoo", "--dry-run")])
+def test_a_misspelt_partition_is_one_line_naming_the_server_and_the_partition_it_means(capsys, project, command):
+    edit(project / "configs" / "deployments" / "zoo.yaml", "partition: t4\n", "partition: t5\n")
+    code, out, err = run(capsys, project, *command)
+    assert (code, out) == (1, "")
+    assert err == [f"grace-hpc {command[0]}: error: deployment 'zoo', server 't4-intent': unknown partition 't5' in "
+                   "cluster.yaml (did you mean 't4'?); known: h100, a100, l4, t4, cpu"]
+
+
+@pytest.mark.parametrize("command", [("plan", "--model", "gemma-9b-it", "--gpu", "T4"), ("models", "show", "gemma-9b-it")])
+def test_an_unknown_model_is_answered_with_the_names_it_may_mean_not_the_whole_catalog(capsys, project, command):
+    code, _, [line] = run(capsys, project, *command)
+    assert code == 1
+    assert "unknown model 'gemma-9b-it'" in line and "did you mean 'gemma-2-9b-it'" in line
+    assert "`grace-hpc models` lists all" in line and "smollm2-135m-embed" not in line
+
+
+def test_launch_only_a_server_that_is_not_in_the_deployment_is_an_error_not_a_silent_no_op(capsys, project):
+    code, out, [line] = run(capsys, project, "launch", "--deployment", "zoo", "--only", "t4-intnt", "--dry-run")
+    assert (code, out) == (1, "")
+    assert "unknown server or model 't4-intnt' in deployment 'zoo' (did you mean 't4-intent'?)" in line
+
+
+def test_a_server_that_fits_nowhere_is_refused_briefly_with_the_command_that_explains(capsys, project):
+    (project / "configs" / "deployments" / "big.yaml").write_text(
+        "name: big\nservers:\n  - {name: huge, partition: t4, models: [deepseek-v3]}\n")
+    code, out, [line] = run(capsys, project, "launch", "--deployment", "big", "--dry-run")
+    assert (code, out) == (1, "")
+    assert line.startswith("grace-hpc launch: error: does not fit: huge on t4: deepseek-v3 does not fit on 2 x T4")
+    assert "what would fit: a partition with larger GPUs" in line
+    assert line.endswith("(`grace-hpc plan --deployment big` shows every reason and what would fit)")
+    assert "FlashAttention" not in line and len(line) < 400  # the planner's notes stay in `plan`
+
+
+def test_a_dry_run_says_what_the_launch_would_refuse_with_one_pull_for_every_missing_checkpoint(capsys, project):
+    code, out, _ = run(capsys, project, "launch", "--deployment", "zoo", "--dry-run")
+    assert code == 0
+    [refusal] = [line for line in out.splitlines() if line.startswith("launch would refuse: ")]
+    assert "bge-m3: 'BAAI/bge-m3'" in refusal and "set paths.hf_cache in cluster.yaml" in refusal
+    assert refusal.count("grace-hpc pull") == 1
+    assert "`grace-hpc pull Qwen/Qwen2.5-Coder-7B-Instruct nvidia/Nemotron-Orchestrator-8B" in refusal
+
+
+def test_emitted_sbatch_scripts_serve_a_deployment_kept_outside_configs_with_this_python(capsys, project):
+    elsewhere = project / "mine" / "lab-fleet.yaml"  # its `name:` is not its file name
+    elsewhere.parent.mkdir()
+    elsewhere.write_text("name: lab\nservers:\n  - {name: chat, partition: cpu, models: [smollm2-135m-instruct]}\n")
+    code, out, _ = run(capsys, project, "launch", "--deployment", str(elsewhere), "--emit-sbatch",
+                       str(project / "scripts"))
+    assert code == 0
+    [script] = [Path(p) for p in out.split()]
+    command = shlex.split(script.read_text().splitlines()[-1])
+    assert command[:4] == ["exec", sys.executable, "-m", "grace_hpc"]
+    deployment = command[command.index("--deployment") + 1]
+    assert ConfigDir(project / "configs").deployment(deployment).name == "lab"  # what `serve` in the job loads
+
+
+def test_the_catalog_listed_into_a_pipe_keeps_whole_names(capsys, project):
+    code, out, _ = run(capsys, project, "models")
+    assert code == 0
+    assert "smollm2-135m-instruct" in out and "HuggingFaceTB/SmolLM2-135M-Instruct" in out
+
+
+def test_models_show_prints_the_engine_command_on_one_line_to_copy(capsys, project):
+    code, out, _ = run(capsys, project, "models", "show", "gemma-2-9b-it")
+    assert code == 0
+    [command] = [line for line in out.splitlines() if line.startswith("command on h100: ")]
+    assert command.endswith("--max-num-seqs 1024")
+
+
+def test_status_of_a_project_with_nothing_launched_says_how_to_start(capsys, project):
+    code, out, _ = run(capsys, project, "status", "--no-probe")
+    assert code == 0
+    assert out.split() == ("no servers: nothing launched from this project is pending or running, and the registry is "
+                           "empty; `grace-hpc launch --deployment NAME` starts some (`grace-hpc demo` tries the "
+                           "embedded default)").split()
