@@ -9,8 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from grace_hpc.bench.targets import Selection, select
 from grace_hpc.cli import build_parser, main
 from grace_hpc.config.loader import ConfigDir
+from grace_hpc.errors import ConfigError
+from grace_hpc.registry.records import EndpointRecord, EndpointState
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -122,3 +125,27 @@ def test_status_of_a_project_with_nothing_launched_says_how_to_start(capsys, pro
     assert out.split() == ("no servers: nothing launched from this project is pending or running, and the registry is "
                            "empty; `grace-hpc launch --deployment NAME` starts some (`grace-hpc demo` tries the "
                            "embedded default)").split()
+
+
+def test_bench_with_nothing_running_says_how_to_start_servers(capsys, project):
+    code, _, err = run(capsys, project, "bench", "--requests", "1")
+    assert (code, err) == (1, ["grace-hpc bench: error: no endpoint is ready to measure: `grace-hpc launch` starts "
+                               "servers (`grace-hpc status` shows where they are)"])
+
+
+@pytest.mark.parametrize(("selection", "asked"), [
+    (Selection(model="qwen"), "serving model 'qwen'"), (Selection(category="code"), "serving category 'code'"),
+    (Selection(endpoint="e9"), "called 'e9'")])
+def test_bench_names_what_was_asked_for_and_what_is_ready(selection, asked):
+    ready = EndpointRecord(
+        id="e1", model="smollm2", served_model_name="smollm2", deployment="d", server="s", partition="cpu",
+        gpu_type="CPU", engine="llama.cpp", host="n1", port=8000, base_url="http://n1:8000/v1", job_id="1", node="n1",
+        pid=1, started_at=0.0, heartbeat_at=0.0, state=EndpointState.READY, categories=("docs",))
+    with pytest.raises(ConfigError) as caught:
+        select([ready], selection)
+    assert str(caught.value) == f"no ready endpoint is {asked}; ready endpoints: e1 (smollm2)"
+
+
+def test_removing_a_model_that_is_not_there_names_the_close_ones(capsys, project):
+    code, _, [line] = run(capsys, project, "models", "remove", "bge-m", "--dry-run")
+    assert code == 1 and "unknown model 'bge-m'" in line and "did you mean 'bge-m3'" in line
