@@ -64,9 +64,11 @@ def weights_problem(model: str, ref: str, hf_cache: Path | None) -> str | None:
 
 def _not_pulled(missing: list[tuple[str, str]], hf_cache: Path | None) -> str:
     """(model, hub ref) pairs the jobs cannot find, and the one `grace-hpc pull` that fetches them all."""
-    listing = ", ".join(f"{model}: {ref!r}" for model, ref in missing)
-    pull = f"`grace-hpc pull {' '.join(dict.fromkeys(ref for _, ref in missing))}` on the login node"
     one = len(missing) == 1
+    # the hub ids are all in the one pull command: the listing names the models only
+    listing = f"{missing[0][0]}: {missing[0][1]!r}" if one else (
+        f"the weights of {len(missing)} models ({', '.join(model for model, _ in missing)})")
+    pull = f"`grace-hpc pull {' '.join(dict.fromkeys(ref for _, ref in missing))}` on the login node"
     if hf_cache is None:
         return (f"{listing} {'comes' if one else 'come'} from the Hugging Face hub, which compute nodes cannot "
                 f"reach: set paths.hf_cache in cluster.yaml to a shared folder, then {pull}")
