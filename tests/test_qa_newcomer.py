@@ -119,6 +119,8 @@ def test_models_show_prints_the_engine_command_on_one_line_to_copy(capsys, proje
     assert code == 0
     [command] = [line for line in out.splitlines() if line.startswith("command on h100: ")]
     assert command.endswith("--max-num-seqs 1024")
+    [cpu] = [line for line in out.splitlines() if line.startswith("│ cpu ")]
+    assert cpu.split("│")[2].strip() == "CPU"  # as the web page says it: a CPU partition has no "0 x CPU" GPUs
 
 
 def test_status_of_a_project_with_nothing_launched_says_how_to_start(capsys, project):

@@ -167,7 +167,8 @@ def _print_described(result: dict[str, Any]) -> None:
     for row in result["plans"]:
         p = row["plan"]
         table.add_row(
-            row["partition"], f"{row['gpus_per_node']} x {row['gpu']}", "yes" if row["fits"] else "NO",
+            row["partition"], f"{row['gpus_per_node']} x {row['gpu']}" if row["gpus_per_node"] else row["gpu"],
+            "yes" if row["fits"] else "NO",
             f"{p['engine']} {p['dtype']} {p['quantization'] or ''}".strip(), str(p["tensor_parallel_size"]),
             str(p["max_model_len"]), f"{p['weights_gib_per_gpu']:.1f}", str(p["kv_cache_tokens"]),
             (row["lever"] or "").removeprefix("what would fit: "),
