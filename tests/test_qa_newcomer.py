@@ -108,6 +108,14 @@ def test_emitted_sbatch_scripts_serve_a_deployment_kept_outside_configs_with_thi
     assert ConfigDir(project / "configs").deployment(deployment).name == "lab"  # what `serve` in the job loads
 
 
+def test_emitted_sbatch_scripts_are_one_job_per_replica_as_launch_submits(capsys, project):
+    (project / "configs" / "deployments" / "two.yaml").write_text(
+        "name: two\nservers:\n  - {name: chat, partition: cpu, models: [smollm2-135m-instruct], replicas: 2}\n")
+    code, out, _ = run(capsys, project, "launch", "--deployment", "two", "--emit-sbatch", str(project / "scripts"))
+    assert code == 0
+    assert [Path(p).name for p in out.split()] == ["two-chat-replica0.sbatch", "two-chat-replica1.sbatch"]
+
+
 def test_the_catalog_listed_into_a_pipe_keeps_whole_names(capsys, project):
     code, out, _ = run(capsys, project, "models")
     assert code == 0

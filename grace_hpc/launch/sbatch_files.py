@@ -21,13 +21,16 @@ def serve_command(config: ConfigDir, deployment_file: Path, server: str, python:
 
 
 def render_server_scripts(config: ConfigDir, deployment: Deployment, deployment_file: Path) -> dict[str, str]:
+    """Script name -> script: one per server, or one per replica (`web-replica0`, ...) as `launch` submits them."""
     cluster, catalog = config.cluster(), config.catalog()
     log_dir = str(config.resolve(cluster.paths.logs) / deployment.name)
-    return {
-        ps.server.name: render_sbatch(ps.resources, serve_command(config, deployment_file, ps.server.name),
-                                      log_dir=log_dir, setup=cluster.engines.setup)
-        for ps in plan_deployment(cluster, catalog, deployment)
-    }
+    scripts = {}
+    for ps in plan_deployment(cluster, catalog, deployment):
+        text = render_sbatch(ps.resources, serve_command(config, deployment_file, ps.server.name), log_dir=log_dir,
+                             setup=cluster.engines.setup)
+        replicas = ps.server.replicas
+        scripts.update({ps.server.name + (f"-replica{i}" if replicas > 1 else ""): text for i in range(replicas)})
+    return scripts
 
 
 def write_sbatch_files(config: ConfigDir, deployment: Deployment, deployment_file: Path, folder: Path) -> list[Path]:
