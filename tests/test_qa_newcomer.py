@@ -11,6 +11,9 @@ import pytest
 
 from grace_hpc.bench.targets import Selection, select
 from grace_hpc.cli import build_parser, main
+from grace_hpc.config.catalog import ModelSpec
+from grace_hpc.config.cluster import Cluster, EngineCommands, Partition, Paths
+from grace_hpc.config.deployment import Deployment, ServerSpec
 from grace_hpc.config.loader import ConfigDir
 from grace_hpc.errors import ConfigError
 from grace_hpc.registry.records import EndpointRecord, EndpointState
@@ -47,6 +50,12 @@ def test_every_command_the_readme_shows_is_one_the_cli_accepts():
     parser = build_parser()
     for command in commands:
         parser.parse_args(shlex.split(command)[3:])  # argparse exits (failing the test) on an unknown command
+
+
+@pytest.mark.parametrize("model", [Cluster, Partition, Paths, EngineCommands, Deployment, ServerSpec, ModelSpec])
+def test_the_readme_configuration_reference_names_every_key_a_file_may_hold(model):
+    reference = (ROOT / "README.md").read_text().split("## Configuration reference")[1].split("## Design")[0]
+    assert [key for key in model.model_fields if f"`{key}`" not in reference and f"`{key}[]`" not in reference] == []
 
 
 @pytest.mark.parametrize("command", [("plan", "--deployment", "zoo"), ("launch", "--deployment", "zoo", "--dry-run")])
