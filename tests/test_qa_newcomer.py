@@ -131,6 +131,16 @@ def test_the_catalog_listed_into_a_pipe_keeps_whole_names(capsys, project):
     assert "smollm2-135m-instruct" in out and "HuggingFaceTB/SmolLM2-135M-Instruct" in out
 
 
+def test_a_plan_table_never_cuts_a_model_name(capsys, project):
+    (project / "configs" / "deployments" / "s.yaml").write_text(
+        "name: s\nservers:\n  - {name: safety-t4, partition: t4, num_gpus: 1, "
+        "models: [llama-3.1-nemotron-safety-guard-8b-v3], max_model_len: 8192}\n")
+    code, out, _ = run(capsys, project, "plan", "--deployment", "s")
+    assert code == 0 and "…" not in out
+    cells = "".join(line.split("│")[5].strip() for line in out.splitlines() if line.count("│") > 5)
+    assert cells == "llama-3.1-nemotron-safety-guard-8b-v3"
+
+
 def test_models_show_prints_the_engine_command_on_one_line_to_copy(capsys, project):
     code, out, _ = run(capsys, project, "models", "show", "gemma-2-9b-it")
     assert code == 0

@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     table = Table(title=f"{len(catalog.models)} models" + (f", {len(catalog.incomplete)} incomplete (`models show "
                                                            "NAME` says what they lack)" if catalog.incomplete else ""))
     for col in ("name", "hf id", "task", "layers", "hidden", "heads/kv", "ctx", "MoE", "license"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")  # names are copied into commands: wrapped, never cut with "…"
     for m in catalog.models:
         a = m.architecture
         moe = f"{a.moe.experts_per_token}/{a.moe.num_experts}" if a.moe else ""

@@ -142,7 +142,7 @@ def _print_servers(name: str, plans: list[ServerPlan]) -> None:
     table = Table(title=f"deployment {name}: {sum(p.fits for p in plans)}/{len(plans)} servers fit")
     for col in ("server", "partition", "GPUs", "fits", "models", "precision", "TP", "ctx", "util",
                 "weights GiB", "KV GiB", "KV tokens", "conc.", "why"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")  # names are copied into commands: wrapped, never cut with "…"
     for sp in plans:
         p = sp.plans
         table.add_row(
