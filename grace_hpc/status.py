@@ -92,6 +92,9 @@ def build_rows(
 
 
 def summary(rows: list[StatusRow], jobs: list[Submitted]) -> str:
+    if not rows:
+        return ("no servers: nothing launched from this project is pending or running, and the registry is empty; "
+                "`grace-hpc launch --deployment NAME` starts some (`grace-hpc demo` tries the embedded default)")
     ready = sum(1 for r in rows if r.registry_state == EndpointState.READY.value and r.reachable is not False)
     live_jobs = {r.job_id for r in rows if r.job_state == "RUNNING"}
     gpus = sum(j.num_gpus for j in jobs if j.job_id in live_jobs)

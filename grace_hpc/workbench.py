@@ -214,7 +214,7 @@ def remove_named(configs: ConfigDir, name: str, *, dry_run: bool = False) -> Edi
     catalog = configs.catalog()
     entry: Entry | None = next((m for m in (*catalog.models, *catalog.incomplete) if m.name == name), None)
     if entry is None:
-        raise ConfigError(f"{path}: no model named {name!r}; models: {', '.join(catalog.names())}")
+        raise ConfigError(catalog.unknown_model(name, str(path)))
     new, section = remove_entry(old, name)
     checked_edit(old, new, section, removed=name)
     backup = None if dry_run else write_catalog(path, old, new)

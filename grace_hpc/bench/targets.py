@@ -22,11 +22,10 @@ class Selection:
     endpoint: str | None = None
 
     def describe(self) -> str:
+        """What was asked for (a selection of nothing in particular matches any ready endpoint)."""
         if self.endpoint:
-            return f"endpoint {self.endpoint!r}"
-        if self.model:
-            return f"model {self.model!r}"
-        return f"category {self.category!r}" if self.category else "every ready endpoint"
+            return f"called {self.endpoint!r}"
+        return f"serving model {self.model!r}" if self.model else f"serving category {self.category!r}"
 
 
 @dataclass(frozen=True)
@@ -60,10 +59,12 @@ def select(records: Sequence[EndpointRecord], selection: Selection) -> list[Endp
         chosen = [r for r in ready if selection.category in r.categories]
     else:
         chosen = ready
+    if not ready:
+        raise ConfigError("no endpoint is ready to measure: `grace-hpc launch` starts servers (`grace-hpc status` "
+                          "shows where they are)")
     if not chosen:
-        live = ", ".join(sorted(f"{r.id} ({r.model})" for r in ready)) or "none"
-        raise ConfigError(f"no ready endpoint matches {selection.describe()}; ready endpoints: {live} "
-                          "(`grace-hpc registry list` shows every entry; `grace-hpc launch` starts servers)")
+        live = ", ".join(sorted(f"{r.id} ({r.model})" for r in ready))
+        raise ConfigError(f"no ready endpoint is {selection.describe()}; ready endpoints: {live}")
     return sorted(chosen, key=lambda r: r.id)
 
 

@@ -75,8 +75,6 @@ def run(args: argparse.Namespace) -> int:
             console.rule("3. status (with the router's view of each endpoint)")
             rows, line = collect(config, cluster, router=router_view(url, None))
             console.print(_table(rows, line))
-
-
     finally:
         if not args.keep:
             console.rule("4. stop")

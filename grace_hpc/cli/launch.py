@@ -45,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
     if args.only:
         deployment = deployment.only(args.only)
     if args.emit_sbatch:
-        for path in write_sbatch_files(config, deployment, Path(args.emit_sbatch)):
+        for path in write_sbatch_files(config, deployment, config.deployment_path(args.deployment),
+                                       Path(args.emit_sbatch)):
             print(path)
         return 0
     result = launch(config, deployment, executor_kind=args.executor, dry_run=args.dry_run, replace=args.replace)
@@ -86,6 +87,8 @@ def print_dry_run(result: LaunchResult, as_json: bool) -> None:
         print_json([{"server": ps.server.name, "plan": ps.plan.to_json(),
                      "argv": {m.model: list(m.argv_template) for m in result.specs[ps.server.name].models},
                      "sbatch": result.previews[ps.server.name]} for ps in result.planned])
+        for problem in result.missing_weights:
+            print(f"launch would refuse: {problem}", file=sys.stderr)
         return
     for ps in result.planned:
         print(f"=== {ps.server.name} on {ps.resources.partition} ({ps.plan.num_gpus} x {ps.plan.gpu}) ===")
@@ -98,3 +101,5 @@ def print_dry_run(result: LaunchResult, as_json: bool) -> None:
             for reason in plan.reasons:
                 print(f"  - {reason}")
         print(result.previews[ps.server.name])
+    for problem in result.missing_weights:  # last, where a reader of a long dry run looks
+        print(f"launch would refuse: {problem}")

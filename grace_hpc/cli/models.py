@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from grace_hpc.cli.common import add_common, config_dir, print_json
+from grace_hpc.cli.common import add_common, config_dir, console, print_json
 from grace_hpc.errors import ConfigError
 
 
@@ -57,13 +57,12 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json([m.model_dump(mode="json") for m in catalog.models])
         return 0
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"{len(catalog.models)} models" + (f", {len(catalog.incomplete)} incomplete (`models show "
                                                            "NAME` says what they lack)" if catalog.incomplete else ""))
     for col in ("name", "hf id", "task", "layers", "hidden", "heads/kv", "ctx", "MoE", "license"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")  # names are copied into commands: wrapped, never cut with "…"
     for m in catalog.models:
         a = m.architecture
         moe = f"{a.moe.experts_per_token}/{a.moe.num_experts}" if a.moe else ""
@@ -74,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     for i in catalog.incomplete:
         table.add_row(i.name, i.hf_id, i.task.value, "incomplete", "", "", str(i.context_length or ""),
                       "yes" if i.moe else "", i.license)
-    Console().print(table)
+    console().print(table)
     return 0
 
 
@@ -129,8 +128,7 @@ def run_show(args: argparse.Namespace) -> int:
     catalog = configs.catalog()
     entry = next((m for m in (*catalog.models, *catalog.incomplete) if m.name == args.name), None)
     if entry is None:
-        raise ConfigError(f"no model named {args.name!r} in {configs.root / 'models.yaml'}; "
-                          f"models: {', '.join(catalog.names())}")
+        raise ConfigError(catalog.unknown_model(args.name, str(configs.root / "models.yaml")))
     result = describe(entry, configs.cluster())
     if args.json:
         print_json(result)
@@ -155,13 +153,12 @@ def run_remove(args: argparse.Namespace) -> int:
 
 
 def _print_described(result: dict[str, Any]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console(width=200) if not sys.stdout.isatty() else Console()
-    console.print(yaml.safe_dump(result["entry"], sort_keys=False).rstrip(), markup=False, highlight=False)
+    out = console()
+    out.print(yaml.safe_dump(result["entry"], sort_keys=False).rstrip(), markup=False, highlight=False)
     if not result["complete"]:
-        console.print(f"INCOMPLETE: {result['reason']}", markup=False, highlight=False)
+        out.print(f"INCOMPLETE: {result['reason']}", markup=False, highlight=False)
         return
     table = Table(title="plan on every partition of cluster.yaml (`plan --model NAME --gpu GPU` for the details)")
     for col in ("partition", "GPUs", "fits", "engine, precision", "TP", "ctx", "weights GiB/GPU", "KV tokens",
@@ -170,13 +167,15 @@ def _print_described(result: dict[str, Any]) -> None:
     for row in result["plans"]:
         p = row["plan"]
         table.add_row(
-            row["partition"], f"{row['gpus_per_node']} x {row['gpu']}", "yes" if row["fits"] else "NO",
+            row["partition"], f"{row['gpus_per_node']} x {row['gpu']}" if row["gpus_per_node"] else row["gpu"],
+            "yes" if row["fits"] else "NO",
             f"{p['engine']} {p['dtype']} {p['quantization'] or ''}".strip(), str(p["tensor_parallel_size"]),
             str(p["max_model_len"]), f"{p['weights_gib_per_gpu']:.1f}", str(p["kv_cache_tokens"]),
             (row["lever"] or "").removeprefix("what would fit: "),
         )
-    console.print(table)
+    out.print(table)
     first = next((row for row in result["plans"] if row["fits"]), None)
     if first is not None:
-        console.print(f"command on {first['partition']}: {shlex.join(first['plan']['argv'])}", markup=False,
-                      highlight=False)
+        # one line whatever the width: it is copied into a terminal
+        out.print(f"command on {first['partition']}: {shlex.join(first['plan']['argv'])}", markup=False,
+                  highlight=False, soft_wrap=True)

@@ -10,7 +10,7 @@ import argparse
 import shlex
 from pathlib import Path
 
-from grace_hpc.cli.common import add_common, config_dir, print_json
+from grace_hpc.cli.common import add_common, config_dir, console, print_json
 from grace_hpc.config.catalog import ModelSpec
 from grace_hpc.config.loader import ConfigDir
 from grace_hpc.errors import ConfigError, PlanError
@@ -62,10 +62,8 @@ def resolve_model(name: str, configs: ConfigDir) -> ModelSpec:
     try:
         return catalog.get(name)
     except KeyError:
-        raise PlanError(
-            f"unknown model {name!r}: not in {configs.root / 'models.yaml'} (models: {', '.join(catalog.names())}) "
-            "and not a folder with config.json"
-        ) from None
+        raise PlanError(catalog.unknown_model(name, str(configs.root / "models.yaml"))
+                        + "; nor is it a folder with config.json") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -112,14 +110,7 @@ def _run_deployment(args: argparse.Namespace, configs: ConfigDir) -> int:
     version = _version(args, configs)
     plans: list[ServerPlan] = []
     for server in deployment.servers:
-        try:
-            partition = cluster.partition(server.partition)
-        except KeyError:
-            raise ConfigError(
-                f"server {server.name!r}: unknown partition {server.partition!r}; "
-                f"cluster.yaml has {', '.join(p.name for p in cluster.partitions)}"
-            ) from None
-        plans.append(plan_server(server, partition, catalog, version))
+        plans.append(plan_server(server, cluster.partition_of(server, deployment.name), catalog, version))
     if args.json:
         print_json([p.to_json() for p in plans])
     else:
@@ -128,7 +119,6 @@ def _run_deployment(args: argparse.Namespace, configs: ConfigDir) -> int:
 
 
 def _print_plan(plan: Plan) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     version = f", vLLM {plan.vllm_version}" if plan.vllm_version else ""
@@ -143,17 +133,16 @@ def _print_plan(plan: Plan) -> None:
     table.add_row("command", shlex.join(data["argv"]))
     for reason in plan.reasons:
         table.add_row("why", reason)
-    Console(width=140).print(table)
+    console().print(table)
 
 
 def _print_servers(name: str, plans: list[ServerPlan]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"deployment {name}: {sum(p.fits for p in plans)}/{len(plans)} servers fit")
     for col in ("server", "partition", "GPUs", "fits", "models", "precision", "TP", "ctx", "util",
                 "weights GiB", "KV GiB", "KV tokens", "conc.", "why"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")  # names are copied into commands: wrapped, never cut with "…"
     for sp in plans:
         p = sp.plans
         table.add_row(
@@ -165,4 +154,4 @@ def _print_servers(name: str, plans: list[ServerPlan]) -> None:
             "\n".join(f"{x.kv_cache_gib_per_gpu:.1f}" for x in p), "\n".join(str(x.kv_cache_tokens) for x in p),
             "\n".join(f"{x.max_concurrency:g}" for x in p), "\n".join(sp.reasons),
         )
-    Console(width=200).print(table)
+    console().print(table)

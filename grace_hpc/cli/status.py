@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             if args.watch:
                 console.clear()
-            console.print(_table(rows, line))
+            console.print(_table(rows, line) if rows else line)  # no empty 14-column table: say what to do
         if not args.watch:
             return 0
         time.sleep(2.0)

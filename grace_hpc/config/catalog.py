@@ -5,6 +5,8 @@ The planner derives every byte it predicts from these numbers, so each entry cit
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Sequence
 from enum import Enum
 from typing import Literal
 
@@ -24,6 +26,18 @@ def reject_duplicates(names: list[str], what: str) -> None:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ValueError(f"duplicate {what} names {dupes}")
+
+
+def unknown_name(what: str, name: str, known: Sequence[str], where: str, listed_by: str | None = None) -> str:
+    """`unknown partition 't5' in cluster.yaml (did you mean 't4'?); known: ...`: the closest names first, and the
+    whole list only when it is short (`listed_by`: the command that lists a long one)."""
+    close = difflib.get_close_matches(name.lower(), list(known), n=3, cutoff=0.5)
+    text = f"unknown {what} {name!r} in {where}"
+    if close:
+        text += f" (did you mean {' or '.join(repr(c) for c in close)}?)"
+    if len(known) <= 8 or listed_by is None:
+        return text + f"; known: {', '.join(known) or 'none'}"
+    return text + f"; `{listed_by}` lists all {len(known)}"
 
 
 class Task(str, Enum):
@@ -171,6 +185,11 @@ class Catalog(Frozen):
 
     def names(self) -> list[str]:
         return [m.name for m in self.models]
+
+    def unknown_model(self, name: str, where: str) -> str:
+        """Why `name` is not a model of this catalog (models.yaml at `where`), with the names it may mean."""
+        known = [*self.names(), *(i.name for i in self.incomplete)]
+        return unknown_name("model", name, known, where, listed_by="grace-hpc models")
 
     def get(self, name_or_id: str) -> ModelSpec:
         """The model called `name_or_id` (catalog name or HF id, case-insensitive); KeyError if absent, PlanError

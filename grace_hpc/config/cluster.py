@@ -7,8 +7,9 @@ from pathlib import Path
 
 from pydantic import Field, field_validator, model_validator
 
-from grace_hpc.config.catalog import Frozen, reject_duplicates
-from grace_hpc.errors import PlanError
+from grace_hpc.config.catalog import Frozen, reject_duplicates, unknown_name
+from grace_hpc.config.deployment import ServerSpec
+from grace_hpc.errors import ConfigError, PlanError
 from grace_hpc.vllm_version import DEFAULT_VLLM_VERSION, VllmVersion
 
 
@@ -98,3 +99,11 @@ class Cluster(Frozen):
             if p.name == name:
                 return p
         raise KeyError(name)
+
+    def partition_of(self, server: ServerSpec, deployment: str) -> Partition:
+        """The partition a deployment's server runs on; ConfigError naming the server and what cluster.yaml has."""
+        try:
+            return self.partition(server.partition)
+        except KeyError:
+            problem = unknown_name("partition", server.partition, [p.name for p in self.partitions], "cluster.yaml")
+            raise ConfigError(f"deployment {deployment!r}, server {server.name!r}: {problem}") from None

@@ -7,7 +7,8 @@ from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from grace_hpc.config.catalog import Frozen, reject_duplicates
+from grace_hpc.config.catalog import Frozen, reject_duplicates, unknown_name
+from grace_hpc.errors import ConfigError
 
 
 class Engine(str, Enum):
@@ -101,7 +102,12 @@ class Deployment(Frozen):
         return value
 
     def only(self, names: tuple[str, ...] | list[str]) -> Deployment:
-        """A copy restricted to the servers named (by server name or model name)."""
+        """A copy restricted to the servers named (by server name or model name); ConfigError for a name that is
+        neither (a typo would otherwise select nothing, and `launch --only` would do nothing, silently)."""
+        known = [*(s.name for s in self.servers), *dict.fromkeys(m for s in self.servers for m in s.models)]
+        for name in names:
+            if name not in known:
+                raise ConfigError(unknown_name("server or model", name, known, f"deployment {self.name!r}"))
         wanted = set(names)
         servers = tuple(s for s in self.servers if s.name in wanted or wanted & set(s.models))
         return self.model_copy(update={"servers": servers})

@@ -24,7 +24,7 @@ from grace_hpc.launch.manifest import Manifest, Submitted, is_alive, job_states_
 from grace_hpc.launch.resources import JobResources, job_resources, slurm_parameters
 from grace_hpc.launch.specs import serve_spec
 from grace_hpc.launch.stopping import stop_rows
-from grace_hpc.launch.weights import check_weights
+from grace_hpc.launch.weights import weights_problems
 from grace_hpc.planner import ServerPlan, plan_server
 from grace_hpc.registry.store import Registry
 from grace_hpc.serve.spec import ServeSpec
@@ -40,6 +40,7 @@ class LaunchResult:
     previews: dict[str, str]  # server name -> the exact sbatch script submitit submits (dry run)
     jobs: dict[str, submitit.Job]  # job id -> submitit handle (for waiting on readiness or failure)
     registry: Registry
+    missing_weights: list[str]  # why jobs would not find their weights (a dry run shows it; a launch refuses)
 
 
 @dataclass(frozen=True)
@@ -67,21 +68,26 @@ def plan_deployment(cluster: Cluster, catalog: Catalog, deployment: Deployment) 
     """Plan every server; PlanError naming each server that does not fit and why."""
     planned, problems = [], []
     for server in deployment.servers:
-        try:
-            partition = cluster.partition(server.partition)
-        except KeyError:
-            known = ", ".join(p.name for p in cluster.partitions)
-            raise ConfigError(f"server {server.name!r}: unknown partition {server.partition!r}; known: {known}") from None
+        partition = cluster.partition_of(server, deployment.name)
         plan = plan_server(server, partition, catalog, cluster.engines.vllm_version)
         if not plan.fits:
-            problems.append(f"{server.name} on {partition.name}: " + "; ".join(plan.reasons))
+            problems.append(f"{server.name} on {partition.name}: {_headline(plan)}")
             continue
         res = job_resources(partition, job_name=job_name_of(deployment.name, server.name),
                             num_gpus=plan.num_gpus, time=server.time)
         planned.append(PlannedServer(server, plan, res))
     if problems:
-        raise PlanError("does not fit: " + " | ".join(problems))
+        raise PlanError("does not fit: " + " | ".join(problems) + f" (`grace-hpc plan --deployment {deployment.name}` "
+                        "shows every reason and what would fit)")
     return planned
+
+
+def _headline(plan: ServerPlan) -> str:
+    """Why a server does not fit, in brief: the planner's first reason and its cheapest lever (all of them, with
+    the notes on every precision tried, are in `plan --deployment`)."""
+    lever = next((r.split("; ")[0] for r in plan.reasons if r.startswith("what would fit")), None)
+    first = plan.reasons[0] if plan.reasons else "no configuration fits"
+    return f"{first}; {lever}" if lever else first
 
 
 def manifest_path(config: ConfigDir, cluster: Cluster, deployment: str) -> Path:
@@ -193,13 +199,15 @@ def launch(
     specs = {ps.server.name: serve_spec(config, cluster, catalog, deployment, ps.server, ps.plan,
                                         registry_path=str(registry.path), local=kind == "local")
              for ps in planned}
+    missing_weights = weights_problems(((p.model, p.weights_ref) for ps in planned for p in ps.plan.plans),
+                                       config.resolve(cluster.paths.hf_cache) if cluster.paths.hf_cache else None)
     if dry_run:
         previews = {ps.server.name: sbatch_preview(slurm_executor(folder, ps.resources, cluster.engines.setup,
                                                                   render_only=True))
                     if kind == "slurm" else "(local executor: no script)" for ps in planned}
-        return LaunchResult(planned, [], [], specs, previews, {}, registry)
-    check_weights(((p.model, p.weights_ref) for ps in planned for p in ps.plan.plans),
-                  config.resolve(cluster.paths.hf_cache) if cluster.paths.hf_cache else None)
+        return LaunchResult(planned, [], [], specs, previews, {}, registry, missing_weights)
+    if missing_weights:
+        raise ConfigError("; ".join(missing_weights))
     running = already_running(manifest, deployment)
     count = {ps.server.name: (replicas or {}).get(ps.server.name, ps.server.replicas.min) for ps in planned}
     wanted = {(ps.server.name, replica) for ps in planned for replica in range(count[ps.server.name])}
@@ -229,4 +237,4 @@ def launch(
             manifest.add(row)
             jobs[job_id] = job
             submitted.append(row)
-    return LaunchResult(planned, submitted, kept, specs, {}, jobs, registry)
+    return LaunchResult(planned, submitted, kept, specs, {}, jobs, registry, [])

@@ -57,20 +57,38 @@ def weights_problem(model: str, ref: str, hf_cache: Path | None) -> str | None:
     hub = hub_ref(ref)
     if hub is None:
         return f"{model}: weights {ref!r} do not exist"
+    if hf_cache is not None and _in_cache(hf_cache, *hub):
+        return None
+    return _not_pulled([(model, ref)], hf_cache)
+
+
+def _not_pulled(missing: list[tuple[str, str]], hf_cache: Path | None) -> str:
+    """(model, hub ref) pairs the jobs cannot find, and the one `grace-hpc pull` that fetches them all."""
+    one = len(missing) == 1
+    # the hub ids are all in the one pull command: the listing names the models only
+    listing = f"{missing[0][0]}: {missing[0][1]!r}" if one else (
+        f"the weights of {len(missing)} models ({', '.join(model for model, _ in missing)})")
+    pull = f"`grace-hpc pull {' '.join(dict.fromkeys(ref for _, ref in missing))}` on the login node"
     if hf_cache is None:
-        return (f"{model}: weights {ref!r} come from the Hugging Face hub, which compute nodes cannot reach: set "
-                f"paths.hf_cache in cluster.yaml to a shared folder, then `grace-hpc pull {ref}` on the login node")
-    if not _in_cache(hf_cache, *hub):
-        return (f"{model}: {ref!r} is not in the shared Hugging Face cache {hf_cache}: "
-                f"`grace-hpc pull {ref}` on the login node fetches it")
-    return None
+        return (f"{listing} {'comes' if one else 'come'} from the Hugging Face hub, which compute nodes cannot "
+                f"reach: set paths.hf_cache in cluster.yaml to a shared folder, then {pull}")
+    return (f"{listing} {'is' if one else 'are'} not in the shared Hugging Face cache {hf_cache}: {pull} fetches "
+            f"{'it' if one else 'them'}")
 
 
-def check_weights(models: Iterable[tuple[str, str]], hf_cache: Path | None) -> None:
-    """ConfigError naming every (model, weights ref) whose job would not find its weights."""
-    problems = [p for model, ref in dict.fromkeys(models) if (p := weights_problem(model, ref, hf_cache))]
-    if problems:
-        raise ConfigError("; ".join(problems))
+def weights_problems(models: Iterable[tuple[str, str]], hf_cache: Path | None) -> list[str]:
+    """Why jobs would not find their weights: one problem per missing path or package, and one for every hub
+    checkpoint missing from the cache together (a fleet of seven models gets one `pull` command, not seven)."""
+    problems, from_hub = [], []
+    for model, ref in dict.fromkeys(models):
+        problem = weights_problem(model, ref, hf_cache)
+        if problem is None:
+            continue
+        if hub_ref(ref) is None:
+            problems.append(problem)
+        else:
+            from_hub.append((model, ref))
+    return problems + ([_not_pulled(from_hub, hf_cache)] if from_hub else [])
 
 
 def vllm_files(repo_files: Iterable[str]) -> list[str]:
