@@ -28,7 +28,8 @@ def render_server_scripts(config: ConfigDir, deployment: Deployment, deployment_
     for ps in plan_deployment(cluster, catalog, deployment):
         text = render_sbatch(ps.resources, serve_command(config, deployment_file, ps.server.name), log_dir=log_dir,
                              setup=cluster.engines.setup)
-        replicas = ps.server.replicas
+        # `launch` submits `replicas.min`; a plain script cannot scale, so a scale-to-zero server still gets one
+        replicas = max(ps.server.replicas.min, 1)
         scripts.update({ps.server.name + (f"-replica{i}" if replicas > 1 else ""): text for i in range(replicas)})
     return scripts
 
