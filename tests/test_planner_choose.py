@@ -125,10 +125,15 @@ def test_packing_a_model_that_cannot_fit_alone_says_so() -> None:
     assert sp.reasons[0] == "llama-3-70b-instruct alone does not fit on 1 x L4"
 
 
-def test_unknown_model_lists_the_catalog() -> None:
+def test_an_unknown_model_names_the_close_catalog_names_and_how_to_list_them_all() -> None:
     h100 = Partition(name="h100", gpu="H100-80GB", gpus_per_node=1)
-    with pytest.raises(PlanError, match="unknown model 'nope'; catalog models: gemma-2-2b-it"):
-        plan_server(ServerSpec(name="x", partition="h100", models=("nope",)), h100, CATALOG)
+    with pytest.raises(PlanError, match=r"unknown model 'gemma-2-9b' .*did you mean 'gemma-2-9b-it'.*`grace-hpc models`"):
+        plan_server(ServerSpec(name="x", partition="h100", models=("gemma-2-9b",)), h100, CATALOG)
+
+
+def test_an_unknown_gpu_suggests_the_catalog_name_it_shortens() -> None:
+    with pytest.raises(PlanError, match=r"unknown GPU 'H100' \(did you mean 'H100-80GB'\?\)"):
+        get_gpu("H100")
 
 
 def test_plan_json_has_the_cli_contract_keys() -> None:

@@ -14,6 +14,7 @@ The pseudo-GPU "CPU" stands for a partition without GPUs (gpus_per_node 0): llam
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 
 from grace_hpc.errors import PlanError
@@ -89,4 +90,8 @@ def get_gpu(name: str) -> GPU:
             return gpu
     if name.strip().upper() == CPU_NAME:
         return cpu_device(64.0)
-    raise PlanError(f"unknown GPU {name!r}; valid GPUs: {', '.join(GPUS)}, {CPU_NAME}")
+    # `--gpu H100` means the H100-80GB: names a user shortens by their memory suffix come first
+    close = [k for k in GPUS if k.lower().startswith(name.strip().lower())] or difflib.get_close_matches(
+        name.strip(), list(GPUS), n=3, cutoff=0.5)
+    hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+    raise PlanError(f"unknown GPU {name!r}{hint}; valid GPUs: {', '.join(GPUS)}, {CPU_NAME}")

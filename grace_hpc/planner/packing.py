@@ -37,7 +37,7 @@ def _spec(catalog: Catalog, name: str) -> ModelSpec:
     try:
         return catalog.get(name)
     except KeyError:
-        raise PlanError(f"unknown model {name!r}; catalog models: {', '.join(catalog.names())}") from None
+        raise PlanError(catalog.unknown_model(name, "the catalog (models.yaml)")) from None
 
 
 def _need_fraction(plan: Plan, gpu: GPU, min_concurrency: int) -> float:
