@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from grace_hpc.launch.launcher import Submitted, read_manifest
 from grace_hpc.registry.keys import read_key_file
 from grace_hpc.registry.records import EndpointRecord, EndpointState
 from grace_hpc.registry.store import Registry
+from grace_hpc.registry.verdicts import LogprobVerdict, read_verdicts, verdict_for_endpoint, verdict_path
 from grace_hpc.slurm.queue import FINISHED, job_states
 
 TERMINAL = {s.value for s in FINISHED} | {"ENDED"}  # ENDED: a local-executor job whose controller is gone
@@ -42,6 +44,7 @@ class StatusRow:
     flags: tuple[str, ...]
     in_flight: int | None = None  # requests the router has outstanding on it (with --router)
     capacity: int | None = None  # the endpoint's max_num_seqs
+    logprobs: str | None = None  # the work canary's verdict on its prompt log-probs: "passed", "FAILED", None: unchecked
 
 
 def build_rows(
@@ -53,6 +56,7 @@ def build_rows(
     now: float,
     stale_after_s: float,
     router: dict[str, dict[str, object]] | None = None,  # endpoint id -> the router's /status entry
+    verdicts: Sequence[LogprobVerdict] = (),  # the log-prob canary's verdicts (grace_hpc/work/verdicts.py)
 ) -> list[StatusRow]:
     rows: list[StatusRow] = []
     registered_jobs = set()
@@ -76,7 +80,7 @@ def build_rows(
         rows.append(StatusRow(
             r.deployment, r.server, r.model, r.partition, r.gpu_type, r.job_id, state, reason, r.node or node,
             r.base_url, r.state.value, reachable.get(r.id), now - r.started_at, age, tuple(flags),
-            in_flight if isinstance(in_flight, int) else None, r.plan.max_num_seqs))
+            in_flight if isinstance(in_flight, int) else None, r.plan.max_num_seqs, _logprobs(verdicts, r)))
     for j in jobs:
         if j.job_id in registered_jobs:
             continue
@@ -91,6 +95,11 @@ def build_rows(
             rows.append(StatusRow(j.deployment, j.server, model, j.partition, None, j.job_id, state, reason, node,
                                   None, "unregistered", None, None, None, flags))
     return rows
+
+
+def _logprobs(verdicts: Sequence[LogprobVerdict], r: EndpointRecord) -> str | None:
+    v = verdict_for_endpoint(list(verdicts), r.id, r.base_url, (r.model, r.served_model_name))
+    return None if v is None else ("passed" if v["passed"] else "FAILED")
 
 
 def summary(rows: list[StatusRow], jobs: list[Submitted]) -> str:
@@ -160,7 +169,7 @@ def collect(
         with ThreadPoolExecutor(max_workers=min(16, len(records))) as pool:
             reachable = dict(zip([r.id for r in records], pool.map(probe_reachable, records), strict=True))
     rows = build_rows(jobs, records, info, reachable, now=time.time(), stale_after_s=cluster.stale_after_s,
-                      router=router)
+                      router=router, verdicts=read_verdicts(verdict_path(registry.path)))
     return rows, summary(rows, jobs)
 
 

@@ -20,12 +20,14 @@ import yaml
 from aiohttp import web
 
 from grace_hpc.cli import main
-from grace_hpc.errors import WorkError
+from grace_hpc.errors import UpstreamError, WorkError
+from grace_hpc.work.client import Upstream
 from grace_hpc.work.merge import merge
 from grace_hpc.work.results import ResultStore, iter_parts
 from grace_hpc.work.runner import WorkSpec, run_shard
+from grace_hpc.work.scorer import OptionScorer
 from grace_hpc.work.shards import Shard
-from grace_hpc.work.tasks import Task, load_task
+from grace_hpc.work.tasks import OptionsExtract, Task, load_task
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,6 +63,7 @@ class Flaky:
 
     def __init__(self) -> None:
         self.seen: dict[str, int] = {}
+        self.in_flight = 0  # " slow" requests being answered
         self.port = free_port()
 
     async def completions(self, request: web.Request) -> web.Response:
@@ -69,6 +72,12 @@ class Flaky:
         self.seen[prompt] = self.seen.get(prompt, 0) + 1
         if "poison" in prompt:
             return web.json_response({"error": {"message": "prompt rejected"}}, status=400)
+        if "slow" in prompt:
+            self.in_flight += 1
+            try:
+                await asyncio.sleep(30)
+            finally:
+                self.in_flight -= 1
         if self.seen[prompt] == 1:
             return web.json_response({"error": {"message": "overloaded"}}, status=503)
         return web.json_response({"model": body["model"], "choices": [{"text": " ok", "index": 0}],
@@ -85,7 +94,7 @@ def flaky() -> Iterator[Flaky]:
     app.router.add_post("/v1/completions", server.completions)
     app.router.add_get("/v1/models", server.models)
     loop = asyncio.new_event_loop()
-    runner = web.AppRunner(app)
+    runner = web.AppRunner(app, handler_cancellation=True)  # a client that hangs up cancels its handler
     loop.run_until_complete(runner.setup())
     loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", server.port).start())
     thread = threading.Thread(target=loop.run_forever, daemon=True)
@@ -121,6 +130,18 @@ def test_transient_failures_are_retried_and_a_rejected_row_is_recorded_with_its_
     assert (merged.rows, merged.ok, merged.failed, merged.superseded_failures) == (6, 5, 1, 1)
 
 
+def test_a_rejected_request_cancels_its_siblings_at_once(tmp_path: Path, flaky: Flaky) -> None:
+    """" poison" is refused (HTTP 400); the sibling scoring of the same prompt (" slow": 30 s) is cancelled, not
+    left running on the upstream while the worker goes on to the next row."""
+    async def go() -> int:
+        async with Upstream(f"http://127.0.0.1:{flaky.port}/v1", concurrency=4) as up:
+            with pytest.raises(UpstreamError, match="HTTP 400"):
+                await OptionScorer(up).score("tiny", "the answer is", OptionsExtract(options=("slow", "poison")))
+            await asyncio.sleep(0.5)  # the session is still open: a sibling left running would still be there
+            return flaky.in_flight
+    assert asyncio.run(go()) == 0
+
+
 def test_a_task_that_fails_every_row_stops_early_with_the_reason(tmp_path: Path, flaky: Flaky) -> None:
     s = spec(tmp_path, f"http://127.0.0.1:{flaky.port}/v1", n=40)
     pd.DataFrame({"q": ["poison"] * 40}).to_csv(s.input, index=False)
@@ -141,7 +162,10 @@ def test_input_errors_are_one_clear_line(tmp_path: Path, capsys: pytest.CaptureF
     empty.write_text("")
     wrong = tmp_path / "wrong.csv"
     wrong.write_text("question\nhello\n")
+    header_only = tmp_path / "header.csv"
+    header_only.write_text("q\n")
     for data, message in ((empty, "input file is empty"), (wrong, "needs column(s) q"),
+                          (header_only, "the input has no rows"),
                           (tmp_path / "x.xlsx", "unknown input format")):
         code = main(["work", "--input", str(data), "--task", str(task), "--output", str(tmp_path / "o"),
                      "--models", "tiny", "--router", "http://127.0.0.1:9/v1"])

