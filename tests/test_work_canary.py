@@ -72,7 +72,7 @@ def check(url: str, model: str, verdicts: Path) -> LogprobVerdict:
 def test_an_engine_that_ignores_echo_is_refused_before_any_row(llama_server, tmp_path: Path) -> None:
     server = llama_server()  # llama.cpp's own server (xllamacpp) ignores `echo`
     with pytest.raises(WorkError, match=r"canary failed on llama\.cpp server .*ignored `echo`"):
-        asyncio.run(run_shard(spec_for(server.base_url, "tiny", tmp_path), Shard(0, 1), handle_sigterm=False))
+        asyncio.run(run_shard(spec_for(server.base_url, "tiny", tmp_path), Shard(index=0, count=1), handle_sigterm=False))
     assert not list((tmp_path / "out").rglob("part-*.parquet"))
 
 
@@ -96,7 +96,7 @@ def test_llama_cpp_python_server_on_smollm2_is_refused_before_any_row(smol_path:
     with http_engine(llama_cpp_python_argv(smol_path, SMOL), SMOL, tmp_path / "server.log") as url:
         spec = spec_for(url, SMOL, tmp_path)
         with pytest.raises(WorkError, match=r"canary failed on llama-cpp-python server .*echoed log-prob of") as exc:
-            asyncio.run(run_shard(spec, Shard(0, 1), handle_sigterm=False))
+            asyncio.run(run_shard(spec, Shard(index=0, count=1), handle_sigterm=False))
     assert "no row was sent" in str(exc.value)
     assert not list((tmp_path / "out").rglob("part-*.parquet"))
     [verdict] = read_verdicts(spec.verdicts)  # type: ignore[arg-type]

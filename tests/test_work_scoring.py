@@ -126,7 +126,7 @@ def test_work_runs_the_shipped_study1_exp2_on_smollm2_and_every_probability_is_e
     task = load_task("study1_exp2", ConfigDir.discover(ROOT / "configs").root / "tasks")
     spec = WorkSpec(input=data, task=task, output=tmp_path / "out", models=(SMOL,), base_url=smol_scoring,
                     concurrency=2, verdicts=tmp_path / "verdicts.json")
-    summary = asyncio.run(run_shard(spec, Shard(0, 1), handle_sigterm=False))
+    summary = asyncio.run(run_shard(spec, Shard(index=0, count=1), handle_sigterm=False))
     assert summary.ok == 20 and summary.failed == 0
 
     table = pq.read_table(next((tmp_path / "out").rglob("part-*.parquet"))).to_pylist()
