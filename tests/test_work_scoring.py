@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +20,15 @@ import pytest
 
 from grace_hpc.config.loader import ConfigDir
 from grace_hpc.work.client import Upstream
+from grace_hpc.work.merge import merge
 from grace_hpc.work.runner import WorkSpec, run_shard
 from grace_hpc.work.scorer import OptionScorer
 from grace_hpc.work.shards import Shard
 from grace_hpc.work.tasks import OptionsExtract, load_task
 from tests.support.scoring import (
+    PrefixReference,
     http_engine,
+    reference_logprob,
     reference_probs,
     scoring_server_argv,
     smollm2_gguf,
@@ -72,8 +76,10 @@ def score(url: str, model: str, prompt: str, rule: OptionsExtract) -> Any:
     return asyncio.run(go())
 
 
-def expected(llm: Any, prompt: str, rule: OptionsExtract) -> list[float]:
-    return reference_probs(llm, prompt, [rule.variants(o) for o in rule.options])
+def expected(llm: Any, prompt: str, rule: OptionsExtract, fresh: bool = True) -> list[float]:
+    """The reference distribution: every text evaluated from scratch, or (`fresh=False`) reusing the prefix."""
+    logprob = partial(reference_logprob, llm) if fresh else PrefixReference(llm)
+    return reference_probs(logprob, prompt, [rule.variants(o) for o in rule.options])
 
 
 PERCENT = OptionsExtract(options=tuple(f"{p}%" for p in range(0, 101, 10)), values=tuple(range(0, 101, 10)))
@@ -104,6 +110,13 @@ def test_tiny_model_with_bos_equals_the_reference(tiny_scoring: str, tiny_gguf: 
     assert got.scores.probs == pytest.approx(expected(llm, "the answer is", rule), abs=1e-6)
 
 
+def test_the_prefix_reusing_reference_equals_the_fresh_one(smol_reference: Any) -> None:
+    texts = [(PARIS, " Paris"), (PARIS, " London"), (PARIS + " Paris", "."), ("Question: Why?", " Because")]
+    reuse = PrefixReference(smol_reference)
+    assert [reuse(p, c) for p, c in texts] == pytest.approx(
+        [reference_logprob(smol_reference, p, c) for p, c in texts], abs=1e-9)
+
+
 def study1_rows(n: int) -> pd.DataFrame:
     """Seed 001 Study 1 style rows (story, statement, items, property, knowledge question)."""
     items = [("exams", "have passing grades"), ("apples", "are red"), ("letters", "are stamped"),
@@ -124,22 +137,25 @@ def test_work_runs_the_shipped_study1_exp2_on_smollm2_and_every_probability_is_e
     data = tmp_path / "study1.csv"
     study1_rows(20).to_csv(data, index=False)
     task = load_task("study1_exp2", ConfigDir.discover(ROOT / "configs").root / "tasks")
+    # one request in flight: the engine answers one at a time, and in order it reuses each prompt's prefix
     spec = WorkSpec(input=data, task=task, output=tmp_path / "out", models=(SMOL,), base_url=smol_scoring,
-                    concurrency=2, verdicts=tmp_path / "verdicts.json")
+                    concurrency=1, verdicts=tmp_path / "verdicts.json")
     summary = asyncio.run(run_shard(spec, Shard(index=0, count=1), handle_sigterm=False))
     assert summary.ok == 20 and summary.failed == 0
 
-    table = pq.read_table(next((tmp_path / "out").rglob("part-*.parquet"))).to_pylist()
+    merged = merge(spec.output)
+    assert (merged.rows, merged.ok) == (20, 20)
+    table = pq.read_table(merged.output).to_pylist()
     grid_q, knowledge_q = task.questions
     checked = 0
     for rec in table:
         row, out = json.loads(rec["input"]), json.loads(rec["output"])
         for state, got in out["state_percentages"]["by_value"].items():
             prompt = grid_q.prompt.format(**row, state=state)
-            want = expected(smol_reference, prompt, grid_q.extract)  # type: ignore[arg-type]
+            want = expected(smol_reference, prompt, grid_q.extract, fresh=False)  # type: ignore[arg-type]
             assert list(got["probs"].values()) == pytest.approx(want, abs=1e-6)
             checked += 1
         prompt = knowledge_q.prompt.format(**row)
-        want = expected(smol_reference, prompt, knowledge_q.extract)  # type: ignore[arg-type]
+        want = expected(smol_reference, prompt, knowledge_q.extract, fresh=False)  # type: ignore[arg-type]
         assert list(out["knowledge"]["probs"].values()) == pytest.approx(want, abs=1e-6)
     assert checked == 80

@@ -6,10 +6,10 @@ Why: option probabilities (grace_hpc/work/options.py) need the log-prob of every
 llama.cpp's own server ignores `echo`, and llama-cpp-python's server places echoed log-probs at the wrong positions
 on models without a BOS token (its issue #1983) and sorts the whole vocabulary in Python per prompt token
 (0.3 s for 6 tokens of SmolLM2-135M). Here one request is: tokenize as llama.cpp does (BOS only if the model adds
-one), evaluate the prompt with logits for every position (`llama_cpp.Llama(logits_all=True)`; the KV cache and
-logit rows of the longest prefix already evaluated are reused, as llama.cpp's own generate does: the scorings of
-one question share their prompt), and take a float64 log-softmax of the rows asked for: row i-1 scores token i.
-That is the in-process reference itself, served over HTTP.
+one), evaluate the prompt with logits for every position (`llama_cpp.Llama(logits_all=True)`), and take a float64
+log-softmax of the rows: row i-1 scores token i. That is the in-process reference itself, served over HTTP. The KV
+cache, logit rows and row normalisers of the longest prefix already evaluated are reused (as llama-cpp-python's
+own generate reuses the prefix): the scorings of one question share their prompt.
 
 `/v1/completions` with `echo` or `logprobs` answers in the OpenAI legacy shape (vLLM's): `tokens`,
 `token_logprobs` (None for the first token), `top_logprobs` (K per position when `logprobs: K`), `text_offset`,
@@ -33,24 +33,25 @@ from typing import Any
 import numpy as np
 from aiohttp import web
 
-__all__ = ["ENGINE_NAME", "log_softmax_rows", "legacy_logprobs", "Scorer", "create_app", "main"]
+__all__ = ["ENGINE_NAME", "row_logsumexp", "legacy_logprobs", "Scorer", "create_app", "main"]
 
 ENGINE_NAME = "grace-scoring"
 _KEY = web.AppKey("api_key", str)  # "" when no key is required
 _LOCK = web.AppKey("lock", asyncio.Lock)
 
 
-def log_softmax_rows(logits: np.ndarray) -> np.ndarray:
-    """float64 log-softmax of each row of `logits` (any float dtype)."""
+def row_logsumexp(logits: np.ndarray) -> np.ndarray:
+    """float64 log-sum-exp of each row of `logits` (any float dtype): log P(token t | row) = logits[t] - this."""
     x = np.asarray(logits, dtype=np.float64)
-    top = x.max(axis=1, keepdims=True)
-    return x - (top + np.log(np.exp(x - top).sum(axis=1, keepdims=True)))
+    top = x.max(axis=1)
+    return top + np.log(np.exp(x - top[:, None]).sum(axis=1))
 
 
-def legacy_logprobs(logprobs: np.ndarray, tokens: Sequence[int], piece: Callable[[int], str], top: int,
-                    first_scored: bool) -> dict[str, Any]:
-    """OpenAI legacy `logprobs` for `tokens`: row i of `logprobs` is the distribution of token i+1 (the prompt's
-    last row scores the generated token). `first_scored`: the first token has a row of its own (no echo)."""
+def legacy_logprobs(logits: np.ndarray, lse: np.ndarray, tokens: Sequence[int], piece: Callable[[int], str],
+                    top: int, first_scored: bool) -> dict[str, Any]:
+    """OpenAI legacy `logprobs` for `tokens`: row i of `logits` (normaliser `lse[i]`) is the distribution of token
+    i+1, so the prompt's last row scores the generated token. `first_scored`: the first token has a row of its own
+    (no echo)."""
     pieces = [piece(t) for t in tokens]
     out_lp: list[float | None] = []
     out_top: list[dict[str, float] | None] = []
@@ -63,10 +64,11 @@ def legacy_logprobs(logprobs: np.ndarray, tokens: Sequence[int], piece: Callable
             out_lp.append(None)
             out_top.append(None)
             continue
-        out_lp.append(float(logprobs[row, tok]))
+        out_lp.append(float(np.float64(logits[row, tok]) - lse[row]))
         if top > 0:
-            best = np.argpartition(-logprobs[row], top)[:top]
-            out_top.append({piece(int(t)): float(logprobs[row, t]) for t in best})
+            full = np.asarray(logits[row], dtype=np.float64) - lse[row]
+            best = np.argpartition(-full, top)[:top]
+            out_top.append({piece(int(t)): float(full[t]) for t in best})
     return {"tokens": pieces, "token_logprobs": out_lp, "top_logprobs": out_top if top > 0 else None,
             "text_offset": offsets}
 
@@ -81,6 +83,8 @@ class Scorer:
         self.version = f"{ENGINE_NAME} (llama-cpp-python {llama_cpp.__version__})"
         self.llm = llama_cpp.Llama(model_path=path, logits_all=True, n_ctx=ctx, n_threads=threads or None,
                                    verbose=False)
+        self._lse = np.zeros(ctx, dtype=np.float64)  # log-sum-exp of each evaluated logit row
+        self._lse_rows = 0  # rows of _lse that belong to the tokens in the context now
 
     def piece(self, token: int) -> str:
         return self.llm.detokenize([token]).decode("utf-8", errors="replace")
@@ -90,20 +94,32 @@ class Scorer:
         if not tokens:
             raise _bad("empty prompt")
         n = len(tokens)
-        # Reuse the KV cache (and the logit rows) of the longest prefix this context already evaluated: option
-        # scorings share their prompt. The last token is always evaluated again, so there is a fresh row to read.
+        # Reuse the KV cache, logit rows and normalisers of the longest prefix this context already evaluated
+        # (the scorings of one question share their prompt). The last token is always evaluated again.
         done = self.llm.input_ids[: self.llm.n_tokens].tolist()
-        self.llm.n_tokens = min(self.llm.longest_token_prefix(done, tokens), n - 1)
-        self.llm.eval(tokens[self.llm.n_tokens:])
-        # rows 0..n-2 score the prompt's tokens 1..n-1 (echo only); row n-1 scores the next token
-        rows = log_softmax_rows(self.llm.scores[: n] if echo else self.llm.scores[n - 1: n])
-        generated = [int(np.argmax(rows[-1]))] if max_tokens >= 1 else []
-        shown = (list(tokens) if echo else []) + generated
-        logprobs = legacy_logprobs(rows, shown, self.piece, top, first_scored=not echo)
+        reuse = min(self.llm.longest_token_prefix(done, tokens), n - 1)
+        self.llm.n_tokens = reuse
+        self.llm.eval(tokens[reuse:])
+        fresh = min(reuse, self._lse_rows)
+        self._lse[fresh:n] = row_logsumexp(self.llm.scores[fresh:n])
+        self._lse_rows = n
+        generated = [int(np.argmax(self.llm.scores[n - 1]))] if max_tokens >= 1 else []
+        if echo:  # rows 0..n-2 score the prompt's tokens 1..n-1; row n-1 scores the next token
+            shown, logits, lse = list(tokens) + generated, self.llm.scores[:n], self._lse[:n]
+        else:
+            shown, logits, lse = generated, self.llm.scores[n - 1: n], self._lse[n - 1: n]
+        logprobs = legacy_logprobs(logits, lse, shown, self.piece, top, first_scored=not echo)
         text = (prompt if echo else "") + "".join(self.piece(t) for t in generated)
         return {"text": text, "index": 0, "logprobs": logprobs,
                 "finish_reason": "length", "usage": {"prompt_tokens": n, "completion_tokens": len(generated),
                                                      "total_tokens": n + len(generated)}}
+
+    def generate(self, chat: bool, prompt: Any, **params: Any) -> dict[str, Any]:
+        """Plain generation by llama-cpp-python (it moves the context: the cached normalisers are dropped)."""
+        self._lse_rows = 0
+        if chat:
+            return dict(self.llm.create_chat_completion(prompt, **params))  # type: ignore[arg-type]
+        return dict(self.llm.create_completion(prompt, **params))  # type: ignore[arg-type]
 
 
 _MODEL = web.AppKey("scorer", Scorer)
@@ -142,7 +158,7 @@ async def _completions(request: web.Request) -> web.Response:
         return web.json_response({"id": "cmpl-grace", "object": "text_completion", "model": scorer.alias,
                                   "choices": [choice], "usage": usage})
     params = {k: body[k] for k in ("max_tokens", "temperature", "top_p", "seed", "stop") if body.get(k) is not None}
-    out = await _in_thread(request, scorer.llm.create_completion, prompt, **params)
+    out = await _in_thread(request, scorer.generate, False, prompt, **params)
     return web.json_response({**out, "model": scorer.alias})
 
 
@@ -151,7 +167,7 @@ async def _chat(request: web.Request) -> web.Response:
     body = await request.json()
     scorer = request.app[_MODEL]
     params = {k: body[k] for k in ("max_tokens", "temperature", "top_p", "seed", "stop") if body.get(k) is not None}
-    out = await _in_thread(request, scorer.llm.create_chat_completion, body.get("messages") or [], **params)
+    out = await _in_thread(request, scorer.generate, True, body.get("messages") or [], **params)
     return web.json_response({**out, "model": scorer.alias})
 
 

@@ -11,7 +11,7 @@ import math
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -84,9 +84,32 @@ def reference_logprob(llm: Any, prompt: str, continuation: str) -> float:
     return float(sum(logsoftmax[i - 1, full[i]] for i in range(len(bare), len(full))))
 
 
-def reference_probs(llm: Any, prompt: str, spellings: Sequence[Sequence[str]]) -> list[float]:
+class PrefixReference:
+    """`reference_logprob`, evaluating only the tokens that differ from the text evaluated before (llama.cpp keeps
+    the KV cache and logit rows of the common prefix): seed 001's scorings share long prompts, and a fresh
+    evaluation of each would take the test an hour on 2 cores. tests/test_work_scoring.py checks it against the
+    fresh reference."""
+
+    def __init__(self, llm: Any) -> None:
+        self.llm = llm
+
+    def __call__(self, prompt: str, continuation: str) -> float:
+        llm = self.llm
+        bare, full = llm.tokenize(prompt.encode()), llm.tokenize((prompt + continuation).encode())
+        assert full[: len(bare)] == bare, "the continuation merged with the prompt's last token"
+        done = llm.input_ids[: llm.n_tokens].tolist()
+        llm.n_tokens = min(llm.longest_token_prefix(done, full), len(full) - 1)
+        llm.eval(full[llm.n_tokens:])
+        rows = np.asarray(llm.scores[len(bare) - 1: len(full) - 1], dtype=np.float64)
+        rows -= rows.max(axis=1, keepdims=True)
+        logsoftmax = rows - np.log(np.exp(rows).sum(axis=1, keepdims=True))
+        return float(sum(logsoftmax[j, t] for j, t in enumerate(full[len(bare):])))
+
+
+def reference_probs(logprob: Callable[[str, str], float], prompt: str, spellings: Sequence[Sequence[str]]
+                    ) -> list[float]:
     """Normalised option probabilities; each option is the list of its continuations (case variants add up)."""
     base = prompt.rstrip()
-    per_option = [math.fsum(math.exp(reference_logprob(llm, base, c)) for c in conts) for conts in spellings]
+    per_option = [math.fsum(math.exp(logprob(base, c)) for c in conts) for conts in spellings]
     total = math.fsum(per_option)
     return [p / total for p in per_option]
