@@ -10,10 +10,22 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import requests
 
 from grace_hpc.config.loader import ConfigDir
+from grace_hpc.config.routing import Routing
 from grace_hpc.errors import WorkError
-from grace_hpc.registry.verdicts import LogprobVerdict, read_verdicts, record_verdict, verdict_for_endpoint
+from grace_hpc.registry.records import EndpointRecord, EndpointState
+from grace_hpc.registry.store import Registry
+from grace_hpc.registry.verdicts import (
+    LogprobVerdict,
+    read_verdicts,
+    record_verdict,
+    verdict_for_endpoint,
+    verdict_path,
+)
+from grace_hpc.router import create_app, serve_in_thread
+from grace_hpc.status import build_rows
 from grace_hpc.work.canary import EngineId, canary_error, check_engine
 from grace_hpc.work.client import Upstream
 from grace_hpc.work.runner import WorkSpec, run_shard
@@ -125,3 +137,30 @@ def test_a_verdict_is_reused_for_the_same_engine_version(smol_scoring: str, tmp_
     time.sleep(0.01)
     again = check(smol_scoring, SMOL, path)
     assert again.checked_at == first.checked_at  # not checked again
+
+
+def endpoint(rid: str, now: float) -> EndpointRecord:
+    return EndpointRecord(id=rid, model=SMOL, served_model_name=SMOL, engine="llama.cpp", host="n1", port=8000,
+                          base_url=f"http://n1:8000/v1/{rid}", started_at=now, heartbeat_at=now,
+                          state=EndpointState.READY, external=True)
+
+
+def test_status_and_the_routers_status_show_each_endpoints_log_prob_verdict(tmp_path: Path) -> None:
+    now = time.time()
+    registry = Registry(tmp_path / "registry.json")
+    for rid in ("good", "bad", "unchecked"):
+        registry.register(endpoint(rid, now))
+    path = verdict_path(registry.path)
+    for rid, passed in (("good", True), ("bad", False)):
+        record_verdict(path, LogprobVerdict(endpoint=rid, model=SMOL, engine="e", version=None, passed=passed,
+                                            detail="...", checked_at=now))
+
+    rows = build_rows([], registry.list(), {}, {}, now=now, stale_after_s=60, verdicts=read_verdicts(path))
+    assert {r.endpoint.rsplit("/", 1)[1]: r.logprobs for r in rows} == {
+        "good": "passed", "bad": "FAILED", "unchecked": None}
+
+    table = Routing.model_validate({"categories": [{"name": "default", "models": [SMOL]}]})
+    with serve_in_thread(create_app(table, registry, environ={})) as url:
+        body = requests.get(f"{url}/status", timeout=10).json()
+    shown = {e["id"]: (e["logprobs"] or {}).get("passed") for e in body["endpoints"]}
+    assert shown == {"good": True, "bad": False, "unchecked": None}
