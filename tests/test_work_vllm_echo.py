@@ -87,7 +87,7 @@ def vllm(tiny_hf: tuple[Path, bool], tmp_path_factory: pytest.TempPathFactory) -
     argv = [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(folder),
             "--served-model-name", "tiny-hf", "--host", "127.0.0.1", "--port", "{port}", "--dtype", "float32",
             "--max-model-len", "512", "--enforce-eager"]
-    with http_engine(argv, "tiny-hf", tmp / "vllm.log", timeout_s=400, env=env) as url:
+    with http_engine(argv, "tiny-hf", tmp / "vllm.log", timeout_s=900, env=env) as url:
         yield url
     shutil.rmtree(tmp / "cache", ignore_errors=True)
 
