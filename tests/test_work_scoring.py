@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -36,6 +37,10 @@ from tests.support.scoring import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
+# Rows of the shipped study1_exp2 task scored through `work` (50 probabilities each). Issue 11's acceptance run is
+# GRACE_STUDY_ROWS=20: passed, 42.7 min on the shared 2-core test machine at load 12-19, most of it the reference's
+# ~1,000 evaluations; the default keeps the suite's time reasonable with the same coverage per row.
+STUDY_ROWS = int(os.environ.get("GRACE_STUDY_ROWS", "4"))
 
 
 pytestmark = pytest.mark.engine
@@ -132,16 +137,16 @@ def test_work_runs_the_shipped_study1_exp2_on_smollm2_and_every_probability_is_e
     smol_scoring: str, smol_reference: Any, tmp_path: Path
 ) -> None:
     data = tmp_path / "study1.csv"
-    study1_rows(20).to_csv(data, index=False)
+    study1_rows(STUDY_ROWS).to_csv(data, index=False)
     task = load_task("study1_exp2", ConfigDir.discover(ROOT / "configs").root / "tasks")
     # one request in flight: the engine answers one at a time, and in order it reuses each prompt's prefix
     spec = WorkSpec(input=data, task=task, output=tmp_path / "out", models=(SMOL,), base_url=smol_scoring,
                     concurrency=1, verdicts=tmp_path / "verdicts.json")
     summary = asyncio.run(run_shard(spec, Shard(index=0, count=1), handle_sigterm=False))
-    assert summary.ok == 20 and summary.failed == 0
+    assert summary.ok == STUDY_ROWS and summary.failed == 0
 
     merged = merge(spec.output)
-    assert (merged.rows, merged.ok) == (20, 20)
+    assert (merged.rows, merged.ok) == (STUDY_ROWS, STUDY_ROWS)
     table = pq.read_table(merged.output).to_pylist()
     grid_q, knowledge_q = task.questions
     checked = 0
@@ -155,4 +160,4 @@ def test_work_runs_the_shipped_study1_exp2_on_smollm2_and_every_probability_is_e
         prompt = knowledge_q.prompt.format(**row)
         want = expected(smol_reference, prompt, knowledge_q.extract, fresh=False)  # type: ignore[arg-type]
         assert list(out["knowledge"]["probs"].values()) == pytest.approx(want, abs=1e-6)
-    assert checked == 80
+    assert checked == 4 * STUDY_ROWS
