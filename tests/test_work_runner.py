@@ -20,8 +20,10 @@ import yaml
 from aiohttp import web
 
 from grace_hpc.cli import main
+from grace_hpc.config.loader import ConfigDir
 from grace_hpc.errors import UpstreamError, WorkError
 from grace_hpc.work.client import Upstream
+from grace_hpc.work.fleet import FleetSpec
 from grace_hpc.work.merge import merge
 from grace_hpc.work.results import ResultStore, iter_parts
 from grace_hpc.work.runner import WorkSpec, run_shard
@@ -29,6 +31,7 @@ from grace_hpc.work.scorer import OptionScorer
 from grace_hpc.work.shards import Shard
 from grace_hpc.work.tasks import OptionsExtract, Task, load_task
 from tests.conftest import free_port
+from tests.support.scoring import registered
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK_YAML = """
@@ -231,3 +234,23 @@ def test_a_seed_chat_task_runs_against_a_real_engine_and_keeps_unparsable_answer
     # a random-weight model does not follow the format: the text is kept and the gaps are named
     assert isinstance(answer["text"], str) and "no 'Initial Answer: 0-3' line" in answer["problems"]
     assert set(out.served_model) == {"tiny"} and set(out.seed) == {0}
+
+
+@pytest.mark.engine
+def test_routing_from_the_registry_counts_only_requests_in_flight(tmp_path: Path, llama_server) -> None:
+    """A grid of 20 values asks 20 prompts at once per row, more than routing/local.yaml's max_queue_depth (16):
+    requests waiting for one of the worker's own slots must not make the endpoint look full."""
+    server = llama_server(parallel=4, api_key="k-" + "y" * 20)
+    registry = tmp_path / "registry" / "registry.json"
+    task = tmp_path / "grid.yaml"
+    task.write_text("name: grid\nmode: completion\nsampling: {max_tokens: 1}\nquestions: [{name: a, prompt: "
+                    "'the answer to {q} and {k} is', grid: {variable: k, values: [" +
+                    ", ".join(str(i) for i in range(20)) + "]}}]\n")
+    fleet = FleetSpec(registry=registry, routing=ConfigDir.discover(ROOT / "configs").routing("local"))
+    s = WorkSpec(input=rows_csv(tmp_path, 3), task=load_task(str(task), tmp_path), output=tmp_path / "out",
+                 models=("tiny",), fleet=fleet, concurrency=4, retries=0)
+    with registered(registry, server):
+        summary = asyncio.run(run_shard(s, Shard(index=0, count=1), handle_sigterm=False))
+    assert (summary.ok, summary.failed) == (3, 0)
+    out = pd.concat(pd.read_parquet(p) for p in iter_parts(s.output))
+    assert set(out.engine) == {"llama.cpp"}  # the registry's provenance, as the router would send it

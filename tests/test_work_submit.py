@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import shlex
 import subprocess
-import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -15,13 +11,11 @@ import pytest
 
 from grace_hpc.cli import main
 from grace_hpc.errors import ConfigError
-from grace_hpc.registry.keys import write_key_file
-from grace_hpc.registry.records import EndpointRecord, EndpointState
-from grace_hpc.registry.store import Registry
 from grace_hpc.work.merge import merge
 from grace_hpc.work.runner import WorkSpec
 from grace_hpc.work.submit import ArrayOptions, render_sbatch, submit_array, worker_argv
 from grace_hpc.work.tasks import load_task
+from tests.support.scoring import registered
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "sbatch" / "worker_array.sbatch"
@@ -105,31 +99,6 @@ def test_the_rendered_array_script_runs_on_slurm(slurm_cluster: str, llama_serve
     assert done.returncode == 0, done.stderr + "".join(p.read_text() for p in tmp_path.glob("*.out"))
     merged = merge(tmp_path / "out")
     assert (merged.rows, merged.ok, merged.shards, merged.incomplete_shards) == (30, 30, 3, [])
-
-
-@contextmanager
-def registered(registry: Path, server, model: str = "tiny") -> Iterator[None]:  # type: ignore[no-untyped-def]
-    """The server as a ready registry endpoint, its key in an owner-only key file, heartbeating every 2 s: what a
-    server job's supervisor does."""
-    now = time.time()
-    key_file = write_key_file(registry.parent / "keys", f"{model}-1", server.api_key)
-    Registry(registry).register(EndpointRecord(
-        id=f"{model}-1", model=model, served_model_name=server.alias, categories=("default",), engine="llama.cpp",
-        host="127.0.0.1", port=server.port, base_url=server.base_url, started_at=now, heartbeat_at=now,
-        state=EndpointState.READY, api_key_file=str(key_file)))
-    stop = threading.Event()
-
-    def beat() -> None:
-        while not stop.wait(2.0):
-            Registry(registry).heartbeat(f"{model}-1")
-
-    beating = threading.Thread(target=beat, daemon=True)
-    beating.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        beating.join()
 
 
 @pytest.mark.slurm

@@ -88,20 +88,26 @@ class Upstream:
                    headers: dict[str, str] | None = None) -> Reply | str:
         """One request: the Reply on HTTP 200, else the transient failure's description (to retry); raises
         UpstreamError at once for an answer that retrying cannot fix (4xx other than RETRYABLE_STATUS)."""
-        assert self._session is not None and self._slots is not None, "use Upstream as an async context manager"
-        what = f"{method} {url}" + (f" (model {payload.get('model')!r})" if payload else "")
+        assert self._slots is not None, "use Upstream as an async context manager"
         async with self._slots:
-            try:
-                async with self._session.request(method, url, json=payload, headers=headers) as resp:
-                    text = await resp.text()
-                    if resp.status == 200:
-                        return Reply(_json(text, what), {k.lower(): v for k, v in resp.headers.items()}, attempt)
-                    last = f"HTTP {resp.status}: {text[:300]}"
-                    if resp.status not in RETRYABLE_STATUS:
-                        raise UpstreamError(f"{what} failed: {last}")
-                    return last
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                return f"{type(exc).__name__}: {exc}"
+            return await self.send_in_slot(method, url, payload, attempt=attempt, headers=headers)
+
+    async def send_in_slot(self, method: str, url: str, payload: dict[str, Any] | None, *, attempt: int = 1,
+                           headers: dict[str, str] | None = None) -> Reply | str:
+        """`send`, for a caller that already holds one of the `concurrency` slots."""
+        assert self._session is not None, "use Upstream as an async context manager"
+        what = f"{method} {url}" + (f" (model {payload.get('model')!r})" if payload else "")
+        try:
+            async with self._session.request(method, url, json=payload, headers=headers) as resp:
+                text = await resp.text()
+                if resp.status == 200:
+                    return Reply(_json(text, what), {k.lower(): v for k, v in resp.headers.items()}, attempt)
+                last = f"HTTP {resp.status}: {text[:300]}"
+                if resp.status not in RETRYABLE_STATUS:
+                    raise UpstreamError(f"{what} failed: {last}")
+                return last
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            return f"{type(exc).__name__}: {exc}"
 
     async def backoff(self, attempt: int) -> None:
         if attempt <= self.retries:

@@ -105,15 +105,18 @@ class Fleet(Upstream):
     async def post(self, path: str, payload: dict[str, Any]) -> Reply:
         model = str(payload.get("model"))
         last = "no attempt"
+        assert self._slots is not None, "use Fleet as an async context manager"
         for attempt in range(1, self.retries + 2):
-            targets = self.endpoints(model)
-            if not targets:
-                last = f"no ready endpoint in the registry serves {model!r}"
-            for record in targets:
-                reply = await self._send_to(record, path, payload, attempt)
-                if isinstance(reply, Reply):
-                    return reply
-                last = f"{record.id}: {reply}"
+            # choose once a slot is free: the endpoints' loads then count only requests really in flight
+            async with self._slots:
+                targets = self.endpoints(model)
+                if not targets:
+                    last = f"no ready endpoint in the registry serves {model!r} (or all are at max_queue_depth)"
+                for record in targets:
+                    reply = await self._send_to(record, path, payload, attempt)
+                    if isinstance(reply, Reply):
+                        return reply
+                    last = f"{record.id}: {reply}"
             await self.backoff(attempt)
         raise UpstreamError(
             f"POST {path} (model {model!r}) failed {self.retries + 1} times routing over {self.spec.registry}; "
@@ -126,8 +129,8 @@ class Fleet(Upstream):
         body = {**payload, "model": record.served_model_name}
         self._in_flight[record.id] = self._in_flight.get(record.id, 0) + 1
         try:
-            reply = await self.send("POST", record.base_url.rstrip("/") + path, body, attempt=attempt,
-                                    headers=headers)
+            reply = await self.send_in_slot("POST", record.base_url.rstrip("/") + path, body, attempt=attempt,
+                                            headers=headers)
         finally:
             self._in_flight[record.id] -= 1
         if isinstance(reply, Reply):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -21,6 +22,9 @@ import pytest
 import requests
 
 from grace_hpc.errors import EngineError
+from grace_hpc.registry.keys import write_key_file
+from grace_hpc.registry.records import EndpointRecord, EndpointState
+from grace_hpc.registry.store import Registry
 from grace_hpc.serve.resolve import resolve_weights
 from grace_hpc.serve.supervisor import free_port
 
@@ -124,3 +128,28 @@ def reference_probs(logprob: Callable[[str, str], float], prompt: str, spellings
     per_option = [math.fsum(math.exp(logprob(base, c)) for c in conts) for conts in spellings]
     total = math.fsum(per_option)
     return [p / total for p in per_option]
+
+
+@contextmanager
+def registered(registry: Path, server, model: str = "tiny") -> Iterator[None]:  # type: ignore[no-untyped-def]
+    """The server as a ready registry endpoint, its key in an owner-only key file, heartbeating every 2 s: what a
+    server job's supervisor does."""
+    now = time.time()
+    key_file = write_key_file(registry.parent / "keys", f"{model}-1", server.api_key)
+    Registry(registry).register(EndpointRecord(
+        id=f"{model}-1", model=model, served_model_name=server.alias, categories=("default",), engine="llama.cpp",
+        host="127.0.0.1", port=server.port, base_url=server.base_url, started_at=now, heartbeat_at=now,
+        state=EndpointState.READY, api_key_file=str(key_file)))
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(2.0):
+            Registry(registry).heartbeat(f"{model}-1")
+
+    beating = threading.Thread(target=beat, daemon=True)
+    beating.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        beating.join()
