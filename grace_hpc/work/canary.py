@@ -153,7 +153,7 @@ def canary_error(model: str, engine: EngineId, where: str, detail: str) -> WorkE
     return WorkError(
         f"model {model!r}: the log-prob canary failed on {engine.name} {version} at {where}: {detail}. Option "
         "probabilities from this engine would be wrong, so no row was sent. Score options with vLLM (GPU), or on "
-        "CPU with grace-hpc's scoring engine (`python -m grace_hpc.engines.scoring_server -m MODEL.gguf`, "
-        "engine `llama.cpp-scoring` in a deployment); llama-cpp-python's server misplaces echoed log-probs on "
+        "CPU with grace-hpc's scoring engine (`python -m grace_hpc.engines.scoring_server -m MODEL.gguf`, then "
+        "`grace-hpc registry add`: docs/work.md); llama-cpp-python's server misplaces echoed log-probs on "
         "models without a BOS token (its issue #1983) and llama.cpp's own server ignores `echo`"
     )
