@@ -8,6 +8,8 @@ here; row i-1 scores token i.
 from __future__ import annotations
 
 import math
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -56,7 +58,9 @@ def http_engine(argv: Sequence[str], alias: str, log: Path, timeout_s: float = 1
     `/v1/models` answers, and kills it on exit."""
     port = free_port("127.0.0.1")
     with open(log, "wb") as out:
-        proc = subprocess.Popen([a.format(port=port) for a in argv], stdout=out, stderr=subprocess.STDOUT, env=env)
+        # its own process group: vLLM's engine core and workers are children that must go with it
+        proc = subprocess.Popen([a.format(port=port) for a in argv], stdout=out, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
     url = f"http://127.0.0.1:{port}/v1"
     try:
         deadline = time.monotonic() + timeout_s
@@ -73,7 +77,7 @@ def http_engine(argv: Sequence[str], alias: str, log: Path, timeout_s: float = 1
             time.sleep(0.1)
         yield url
     finally:
-        proc.kill()
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
 
 
