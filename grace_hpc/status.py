@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from grace_hpc.launch.manifest import ENDED_STATES, LOCAL_ENDED, Submitted, job_
 from grace_hpc.registry.keys import read_key_file
 from grace_hpc.registry.records import EndpointRecord, EndpointState
 from grace_hpc.registry.store import Registry
+from grace_hpc.registry.verdicts import LogprobVerdict, read_verdicts, verdict_for_endpoint, verdict_path
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,7 @@ class StatusRow:
     flags: tuple[str, ...]
     in_flight: int | None = None  # requests the router has outstanding on it (with --router)
     capacity: int | None = None  # the endpoint's max_num_seqs
+    logprobs: str | None = None  # the work canary's verdict on its prompt log-probs: "passed", "FAILED", None: unchecked
 
 
 def build_rows(
@@ -51,6 +54,7 @@ def build_rows(
     now: float,
     stale_after_s: float,
     router: dict[str, dict[str, object]] | None = None,  # endpoint id -> the router's /status entry
+    verdicts: Sequence[LogprobVerdict] = (),  # the log-prob canary's verdicts (grace_hpc/registry/verdicts.py)
 ) -> list[StatusRow]:
     rows: list[StatusRow] = []
     registered_jobs = set()
@@ -74,7 +78,7 @@ def build_rows(
         rows.append(StatusRow(
             r.deployment, r.server, r.model, r.partition, r.gpu_type, r.job_id, state, reason, r.node or node,
             r.base_url, r.state.value, reachable.get(r.id), now - r.started_at, age, tuple(flags),
-            in_flight if isinstance(in_flight, int) else None, r.plan.max_num_seqs))
+            in_flight if isinstance(in_flight, int) else None, r.plan.max_num_seqs, _logprobs(verdicts, r)))
     for j in jobs:
         if j.job_id in registered_jobs:
             continue
@@ -89,6 +93,11 @@ def build_rows(
             rows.append(StatusRow(j.deployment, j.server, model, j.partition, None, j.job_id, state, reason, node,
                                   None, "unregistered", None, None, None, flags))
     return rows
+
+
+def _logprobs(verdicts: Sequence[LogprobVerdict], r: EndpointRecord) -> str | None:
+    v = verdict_for_endpoint(list(verdicts), r.id, r.base_url, (r.model, r.served_model_name))
+    return None if v is None else ("passed" if v["passed"] else "FAILED")
 
 
 def summary(rows: list[StatusRow], jobs: list[Submitted]) -> str:
@@ -159,7 +168,7 @@ def collect(
         with ThreadPoolExecutor(max_workers=min(16, len(records))) as pool:
             reachable = dict(zip([r.id for r in records], pool.map(probe_reachable, records), strict=True))
     rows = build_rows(jobs, records, info, reachable, now=time.time(), stale_after_s=cluster.stale_after_s,
-                      router=router)
+                      router=router, verdicts=read_verdicts(verdict_path(registry.path)))
     return rows, summary(rows, jobs) + (f"; SLURM job states unknown: {scheduler_problem}" if scheduler_problem else "")
 
 

@@ -68,3 +68,28 @@ def test_a_killed_writer_leaves_no_part_a_reader_could_take_for_complete(tmp_pat
         store.mark_done({})
     assert sorted(p.name for p in folder.iterdir()) == [".lock", DONE, "part-00000.parquet"]
     assert merge(tmp_path).rows == 1
+
+
+def test_merged_rows_come_in_input_order_whatever_shard_wrote_them(tmp_path: Path) -> None:
+    shard(tmp_path, "shard-1-of-2", [record("r3"), record("r1")])
+    shard(tmp_path, "shard-0-of-2", [record("r2")], [record("r0")])
+    got = pd.read_parquet(merge(tmp_path).output)
+    assert list(got.row_id) == ["r0", "r1", "r2", "r3"]
+
+
+def test_flat_has_one_column_per_input_field_option_probability_and_grid_value(tmp_path: Path) -> None:
+    output = {"pct": {"grid": "state", "by_value": {
+                  "0": {"probs": {"0%": 0.75, "100%": 0.25}, "mean": 25.0, "tokens": {" 0%": [" 0", "%"]}},
+                  "1": {"probs": {"0%": 0.5, "100%": 0.5}, "mean": 50.0, "tokens": {}}}},
+              "knowledge": {"probs": {"yes": 0.9, "no": 0.1}, "logprobs": {"yes": -1.0, "no": -3.0}},
+              "say": {"text": "hello", "problems": ["no knowledge line"]}}
+    rec = {**record("r0"), "input": json.dumps({"items": "exams", "n": 3}), "output": json.dumps(output)}
+    shard(tmp_path, "shard-0-of-1", [rec])
+    assert main(["work", "merge", str(tmp_path), "--flat"]) == 0
+    flat = pd.read_parquet(tmp_path / "merged-flat.parquet")
+    row = flat.iloc[0].to_dict()
+    assert row["input.items"] == "exams" and row["input.n"] == 3
+    assert row["pct.state=0.probs.0%"] == 0.75 and row["pct.state=1.probs.100%"] == 0.5
+    assert row["pct.state=0.mean"] == 25.0 and row["knowledge.probs.yes"] == 0.9
+    assert row["say.text"] == "hello" and json.loads(row["say.problems"]) == ["no knowledge line"]
+    assert not [c for c in flat.columns if "tokens" in c or "logprobs" in c]  # audit fields stay in the JSON

@@ -15,7 +15,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 import requests
 
@@ -24,6 +23,7 @@ from grace_hpc.work.client import Upstream
 from grace_hpc.work.scorer import OptionScorer
 from grace_hpc.work.tasks import OptionsExtract
 from tests.conftest import free_port
+from tests.support.scoring import reference_logprob
 
 pytestmark = pytest.mark.engine
 llama_cpp = pytest.importorskip("llama_cpp", reason="needs llama-cpp-python[server] (the echo-capable engine)")
@@ -65,19 +65,6 @@ def score(url: str, rule: OptionsExtract, prompt: str = PROMPT):
         async with Upstream(url, concurrency=4) as up:
             return await OptionScorer(up).score("tiny", prompt, rule)
     return asyncio.run(go())
-
-
-def reference_logprob(llm, prompt: str, continuation: str) -> float:
-    """log P(continuation | prompt) from llama.cpp's full logits, normalised here in float64."""
-    bare, full = llm.tokenize(prompt.encode()), llm.tokenize((prompt + continuation).encode())
-    assert full[: len(bare)] == bare
-    llm.reset()
-    llm.eval(full)
-    logits = np.asarray(llm.scores[: len(full)], dtype=np.float64)
-    logits -= logits.max(axis=1, keepdims=True)
-    logsoftmax = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
-    # row i holds the distribution of token i + 1
-    return float(sum(logsoftmax[i - 1, full[i]] for i in range(len(bare), len(full))))
 
 
 def test_multi_token_option_probabilities_match_the_engines_full_logprobs(echo_server: str, tiny_gguf: Path

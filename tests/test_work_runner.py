@@ -20,13 +20,18 @@ import yaml
 from aiohttp import web
 
 from grace_hpc.cli import main
-from grace_hpc.errors import WorkError
+from grace_hpc.config.loader import ConfigDir
+from grace_hpc.errors import UpstreamError, WorkError
+from grace_hpc.work.client import Upstream
+from grace_hpc.work.fleet import FleetSpec
 from grace_hpc.work.merge import merge
 from grace_hpc.work.results import ResultStore, iter_parts
 from grace_hpc.work.runner import WorkSpec, run_shard
+from grace_hpc.work.scorer import OptionScorer
 from grace_hpc.work.shards import Shard
-from grace_hpc.work.tasks import Task, load_task
+from grace_hpc.work.tasks import OptionsExtract, Task, load_task
 from tests.conftest import free_port
+from tests.support.scoring import registered
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK_YAML = """
@@ -61,6 +66,7 @@ class Flaky:
 
     def __init__(self) -> None:
         self.seen: dict[str, int] = {}
+        self.in_flight = 0  # " slow" requests being answered
         self.port = free_port()
 
     async def completions(self, request: web.Request) -> web.Response:
@@ -69,6 +75,12 @@ class Flaky:
         self.seen[prompt] = self.seen.get(prompt, 0) + 1
         if "poison" in prompt:
             return web.json_response({"error": {"message": "prompt rejected"}}, status=400)
+        if "slow" in prompt:
+            self.in_flight += 1
+            try:
+                await asyncio.sleep(30)
+            finally:
+                self.in_flight -= 1
         if self.seen[prompt] == 1:
             return web.json_response({"error": {"message": "overloaded"}}, status=503)
         return web.json_response({"model": body["model"], "choices": [{"text": " ok", "index": 0}],
@@ -85,7 +97,7 @@ def flaky() -> Iterator[Flaky]:
     app.router.add_post("/v1/completions", server.completions)
     app.router.add_get("/v1/models", server.models)
     loop = asyncio.new_event_loop()
-    runner = web.AppRunner(app)
+    runner = web.AppRunner(app, handler_cancellation=True)  # a client that hangs up cancels its handler
     loop.run_until_complete(runner.setup())
     loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", server.port).start())
     thread = threading.Thread(target=loop.run_forever, daemon=True)
@@ -121,6 +133,18 @@ def test_transient_failures_are_retried_and_a_rejected_row_is_recorded_with_its_
     assert (merged.rows, merged.ok, merged.failed, merged.superseded_failures) == (6, 5, 1, 1)
 
 
+def test_a_rejected_request_cancels_its_siblings_at_once(tmp_path: Path, flaky: Flaky) -> None:
+    """" poison" is refused (HTTP 400); the sibling scoring of the same prompt (" slow": 30 s) is cancelled, not
+    left running on the upstream while the worker goes on to the next row."""
+    async def go() -> int:
+        async with Upstream(f"http://127.0.0.1:{flaky.port}/v1", concurrency=4) as up:
+            with pytest.raises(UpstreamError, match="HTTP 400"):
+                await OptionScorer(up).score("tiny", "the answer is", OptionsExtract(options=("slow", "poison")))
+            await asyncio.sleep(0.5)  # the session is still open: a sibling left running would still be there
+            return flaky.in_flight
+    assert asyncio.run(go()) == 0
+
+
 def test_a_task_that_fails_every_row_stops_early_with_the_reason(tmp_path: Path, flaky: Flaky) -> None:
     s = spec(tmp_path, f"http://127.0.0.1:{flaky.port}/v1", n=40)
     pd.DataFrame({"q": ["poison"] * 40}).to_csv(s.input, index=False)
@@ -141,7 +165,10 @@ def test_input_errors_are_one_clear_line(tmp_path: Path, capsys: pytest.CaptureF
     empty.write_text("")
     wrong = tmp_path / "wrong.csv"
     wrong.write_text("question\nhello\n")
+    header_only = tmp_path / "header.csv"
+    header_only.write_text("q\n")
     for data, message in ((empty, "input file is empty"), (wrong, "needs column(s) q"),
+                          (header_only, "the input has no rows"),
                           (tmp_path / "x.xlsx", "unknown input format")):
         code = main(["work", "--input", str(data), "--task", str(task), "--output", str(tmp_path / "o"),
                      "--models", "tiny", "--router", "http://127.0.0.1:9/v1"])
@@ -207,3 +234,23 @@ def test_a_seed_chat_task_runs_against_a_real_engine_and_keeps_unparsable_answer
     # a random-weight model does not follow the format: the text is kept and the gaps are named
     assert isinstance(answer["text"], str) and "no 'Initial Answer: 0-3' line" in answer["problems"]
     assert set(out.served_model) == {"tiny"} and set(out.seed) == {0}
+
+
+@pytest.mark.engine
+def test_routing_from_the_registry_counts_only_requests_in_flight(tmp_path: Path, llama_server) -> None:
+    """A grid of 20 values asks 20 prompts at once per row, more than routing/local.yaml's max_queue_depth (16):
+    requests waiting for one of the worker's own slots must not make the endpoint look full."""
+    server = llama_server(parallel=4, api_key="k-" + "y" * 20)
+    registry = tmp_path / "registry" / "registry.json"
+    task = tmp_path / "grid.yaml"
+    task.write_text("name: grid\nmode: completion\nsampling: {max_tokens: 1}\nquestions: [{name: a, prompt: "
+                    "'the answer to {q} and {k} is', grid: {variable: k, values: [" +
+                    ", ".join(str(i) for i in range(20)) + "]}}]\n")
+    fleet = FleetSpec(registry=registry, routing=ConfigDir.discover(ROOT / "configs").routing("local"))
+    s = WorkSpec(input=rows_csv(tmp_path, 3), task=load_task(str(task), tmp_path), output=tmp_path / "out",
+                 models=("tiny",), fleet=fleet, concurrency=4, retries=0)
+    with registered(registry, server):
+        summary = asyncio.run(run_shard(s, Shard(index=0, count=1), handle_sigterm=False))
+    assert (summary.ok, summary.failed) == (3, 0)
+    out = pd.concat(pd.read_parquet(p) for p in iter_parts(s.output))
+    assert set(out.engine) == {"llama.cpp"}  # the registry's provenance, as the router would send it

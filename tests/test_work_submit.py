@@ -14,6 +14,7 @@ from grace_hpc.work.merge import merge
 from grace_hpc.work.runner import WorkSpec
 from grace_hpc.work.submit import ArrayOptions, render_sbatch, submit_array, worker_argv
 from grace_hpc.work.tasks import load_task
+from tests.support.scoring import registered
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "sbatch" / "worker_array.sbatch"
@@ -97,3 +98,31 @@ def test_the_rendered_array_script_runs_on_slurm(slurm_cluster: str, llama_serve
     assert done.returncode == 0, done.stderr + "".join(p.read_text() for p in tmp_path.glob("*.out"))
     merged = merge(tmp_path / "out")
     assert (merged.rows, merged.ok, merged.shards, merged.incomplete_shards) == (30, 30, 3, [])
+
+
+@pytest.mark.slurm
+@pytest.mark.engine
+def test_work_submit_routes_from_the_registry_on_compute_nodes_without_a_router(
+    slurm_cluster: str, llama_server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = llama_server(parallel=4, api_key="k-" + "x" * 20)  # the key reaches workers only via its key file
+    registry = tmp_path / "registry" / "registry.json"
+    n = 120
+    pd.DataFrame({"q": [f"row {i}" for i in range(n)]}).to_csv(tmp_path / "rows.csv", index=False)
+    (tmp_path / "short.yaml").write_text("name: short\nmode: completion\nsampling: {max_tokens: 2}\n"
+                                         "questions: [{name: a, prompt: 'the answer to {q} is'}]\n")
+    monkeypatch.delenv("GRACE_ROUTER_URL", raising=False)
+    monkeypatch.setenv("GRACE_CONFIG_DIR", str(ROOT / "configs"))
+    monkeypatch.chdir(tmp_path)
+    with registered(registry, server):
+        assert main(["work", "submit", "--input", "rows.csv", "--task", "short.yaml", "--output", "out",
+                     "--models", "tiny", "--registry", str(registry), "--routing", "local", "--shards", "4",
+                     "--partition", "t4", "--time-min", "5", "--mem-gb", "1", "--wait"]) == 0
+    printed = capsys.readouterr()
+    assert "4/4 shards done" in printed.err and "rows/s" in printed.err  # --wait shows progress
+    merged = merge(tmp_path / "out")
+    assert (merged.rows, merged.ok, merged.shards, merged.incomplete_shards) == (n, n, 4, [])
+    got = pd.read_parquet(merged.output)
+    assert sorted(got.position) == list(range(n)) and got.row_id.is_unique
+    assert set(got.engine) == {"llama.cpp"}  # provenance from the registry record, as the router would send

@@ -64,7 +64,7 @@ def _table(rows, summary_line):  # type: ignore[no-untyped-def]
 
     table = Table(title="grace-hpc status", caption=summary_line)
     for col in ("model", "server", "partition", "gpu", "job", "job state", "node", "endpoint", "registry",
-                "reachable", "load", "uptime", "heartbeat", "flags"):
+                "reachable", "load", "log-probs", "uptime", "heartbeat", "flags"):
         table.add_column(col)
     for r in rows:
         reach = {True: "[green]yes", False: "[red]no", None: ""}[r.reachable]
@@ -72,6 +72,7 @@ def _table(rows, summary_line):  # type: ignore[no-untyped-def]
         table.add_row(r.model, r.server or "", r.partition or "", r.gpu or "", r.job_id or "", state, r.node or "",
                       r.endpoint or "", r.registry_state, reach,
                       "" if r.in_flight is None else f"{r.in_flight}/{r.capacity or '?'}",
+                      {"passed": "[green]passed", "FAILED": "[red]FAILED", None: ""}[r.logprobs],
                       _fmt_age(r.uptime_s), _fmt_age(r.heartbeat_age_s),
                       "[red]" + "; ".join(r.flags) if r.flags else "")
     return table

@@ -6,19 +6,23 @@ import argparse
 import asyncio
 import os
 import sys
+import time
 from pathlib import Path
 
 import submitit
 
 from grace_hpc.cli.common import add_common, config_dir, positive_int, print_json
 from grace_hpc.errors import WorkError
-from grace_hpc.work.merge import failures, merge
+from grace_hpc.registry.store import Registry
+from grace_hpc.registry.verdicts import verdict_path
+from grace_hpc.work.fleet import FleetSpec
+from grace_hpc.work.inputs import iter_rows
+from grace_hpc.work.merge import failures, flat_path, merge
+from grace_hpc.work.results import rows_written
 from grace_hpc.work.runner import WorkSpec, run_shard
 from grace_hpc.work.shards import parse_shard, shard_from_env
 from grace_hpc.work.submit import ArrayOptions, render_sbatch, submit_array, worker_argv
 from grace_hpc.work.tasks import load_task
-
-DEFAULT_ROUTER = "http://127.0.0.1:8000/v1"
 
 
 def _run_arguments(p: argparse.ArgumentParser) -> None:
@@ -28,8 +32,13 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
     who = p.add_mutually_exclusive_group()
     who.add_argument("--models", metavar="M1,M2", help="send every row to each of these models")
     who.add_argument("--category", metavar="C", help="send every row to the router's category C")
-    p.add_argument("--router", metavar="URL", help=f"OpenAI-compatible base URL (default: $GRACE_ROUTER_URL or "
-                   f"{DEFAULT_ROUTER}); the key, if any, comes from $GRACE_ROUTER_KEY")
+    p.add_argument("--router", metavar="URL", help="send requests to this OpenAI-compatible base URL (a router or "
+                   "one engine; default: $GRACE_ROUTER_URL; key from $GRACE_ROUTER_KEY); without it the worker routes "
+                   "each request itself over the registry's ready endpoints (works on compute nodes: no router hop)")
+    p.add_argument("--registry", metavar="PATH",
+                   help="registry file (default: $GRACE_REGISTRY, else paths.registry in cluster.yaml)")
+    p.add_argument("--routing", default="default", metavar="NAME|FILE",
+                   help="routing table for in-process routing: a name under routing/ or a YAML file (default: default)")
     p.add_argument("--concurrency", type=int, default=8, metavar="K", help="requests in flight (default 8)")
     p.add_argument("--retries", type=int, default=4, help="retries of a transient failure per request (default 4)")
     p.add_argument("--part-rows", type=int, default=200, help="rows per result part (default 200)")
@@ -65,6 +74,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     add_common(m)
     m.add_argument("dir", type=Path, metavar="DIR", help="the --output folder of the run")
     m.add_argument("--out", type=Path, metavar="FILE", help="merged file (default: DIR/merged.parquet)")
+    m.add_argument("--flat", action="store_true", help="also write FILE-flat.parquet: one column per input field, "
+                   "option probability and grid value (ready for pandas)")
     m.set_defaults(handler=run_merge)
 
 
@@ -77,12 +88,18 @@ def _spec(args: argparse.Namespace, resolve: bool = True) -> WorkSpec:
     models = tuple(m.strip() for m in args.models.split(",") if m.strip()) if args.models else (args.category,)
     if args.concurrency < 1 or args.part_rows < 1 or args.retries < 0:
         raise WorkError("--concurrency and --part-rows must be >= 1, --retries >= 0")
-    task = load_task(args.task, config_dir(args).root / "tasks")
+    config = config_dir(args)
+    task = load_task(args.task, config.root / "tasks")
+    cluster = config.cluster()
+    registry = Path(args.registry).absolute() if args.registry else Registry.from_cluster(cluster, config).path
+    router = args.router or os.environ.get("GRACE_ROUTER_URL")
+    fleet = None if router else FleetSpec(registry=registry, lock_mode=cluster.lock_mode,
+                                          routing=config.routing(args.routing), stale_after_s=cluster.stale_after_s)
     # resolved for a run; a rendered script keeps paths as typed (relative to where it is submitted from)
     where = (lambda p: p.resolve()) if resolve else (lambda p: p)
     return WorkSpec(input=where(args.input), task=task, output=where(args.output), models=models,
-                    base_url=args.router or os.environ.get("GRACE_ROUTER_URL") or DEFAULT_ROUTER,
-                    concurrency=args.concurrency, retries=args.retries, part_rows=args.part_rows)
+                    base_url=router, fleet=fleet, concurrency=args.concurrency, retries=args.retries,
+                    part_rows=args.part_rows, verdicts=verdict_path(registry))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -103,7 +120,7 @@ def run_submit(args: argparse.Namespace) -> int:
                            time_min=args.time_min, cpus_per_task=args.cpus_per_task, mem_gb=args.mem_gb,
                            account=args.account, qos=args.qos)
     if args.render_only:
-        argv = worker_argv(spec, args.task, args.category)
+        argv = worker_argv(spec, args.task, args.category, args.routing)
         sys.stdout.write(render_sbatch(argv, options, {"PYTHONUNBUFFERED": "1"}))
         return 0
     jobs = submit_array(spec, options, (args.folder or spec.output / "_submitit").resolve())
@@ -111,21 +128,39 @@ def run_submit(args: argparse.Namespace) -> int:
     if not args.wait:
         print(f"when they finish: grace-hpc work merge {spec.output}")
         return 0
+    _watch(jobs, spec)
     for job in jobs:
         try:
             job.result()
         except (submitit.core.utils.FailedJobError, submitit.core.utils.UncompletedJobError) as exc:
             raise WorkError(f"worker task {job.job_id} failed; its log: {job.paths.stderr}\n{exc}") from exc
-    return run_merge(argparse.Namespace(dir=spec.output, out=None, json=args.json))
+    return run_merge(argparse.Namespace(dir=spec.output, out=None, flat=False, json=args.json))
+
+
+def _watch(jobs: list[submitit.Job[object]], spec: WorkSpec, every_s: float = 5.0) -> None:
+    """A progress line on stderr every `every_s` until every shard finished: shards done, rows written, rows/s."""
+    total = sum(1 for _ in iter_rows(spec.input)) * len(spec.models)
+    before, started = rows_written(spec.output), time.monotonic()
+    while True:
+        done = sum(1 for j in jobs if j.done())
+        written = rows_written(spec.output)
+        rate = (written - before) / max(time.monotonic() - started, 1e-9)
+        print(f"{done}/{len(jobs)} shards done, {written}/{total} rows written, {rate:.1f} rows/s",
+              file=sys.stderr, flush=True)
+        if done == len(jobs):
+            return
+        time.sleep(every_s)
 
 
 def run_merge(args: argparse.Namespace) -> int:
-    summary = merge(args.dir, args.out)
+    summary = merge(args.dir, args.out, flat=args.flat)
     if args.json:
         print_json({**summary.model_dump(), "complete": summary.complete})
         return 0
     print(f"merged {summary.rows} rows into {summary.output}: {summary.ok} answered, {summary.failed} failed "
           f"({summary.superseded_failures} earlier failures superseded by reruns)")
+    if args.flat:
+        print(f"  flat table: {flat_path(Path(summary.output))}")
     for model, counts in summary.by_model.items():
         print(f"  {model}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     for f in failures(Path(summary.output)):

@@ -18,6 +18,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 
 import aiohttp
 from aiohttp import web
@@ -26,6 +27,7 @@ from grace_hpc.config.routing import Routing
 from grace_hpc.errors import GraceError
 from grace_hpc.fleet.demand import DemandFile
 from grace_hpc.registry.records import EndpointRecord, EndpointState
+from grace_hpc.registry.verdicts import read_verdicts, verdict_for_endpoint, verdict_path
 from grace_hpc.router import coldstart, policy
 from grace_hpc.router.auth import UpstreamKeys
 from grace_hpc.router.dashboard import add_dashboard
@@ -429,11 +431,14 @@ async def _status(request: web.Request) -> web.Response:
         return denied
     state = request.app[STATE]
     now, stale_before = state.wall_clock(), state.stale_before()
+    registry_path = getattr(state.source, "path", None)  # the file-backed registry: its verdicts sit beside it
+    verdicts = read_verdicts(verdict_path(registry_path)) if isinstance(registry_path, Path) else []
     endpoints = [
         {"id": r.id, "model": r.model, "served_model_name": r.served_model_name, "state": r.state.value,
          "base_url": r.base_url, "engine": r.engine, "quantization": r.plan.quantization,
          "max_num_seqs": r.plan.max_num_seqs, "stale": policy.stale(r, stale_before),
-         "heartbeat_age_s": round(now - r.heartbeat_at, 1), **state.health.status(r.id)}
+         "heartbeat_age_s": round(now - r.heartbeat_at, 1), **state.health.status(r.id),
+         "logprobs": verdict_for_endpoint(verdicts, r.id, r.base_url, (r.model, r.served_model_name))}
         for r in state.records
     ]
     cloud = [{"name": p.name, "base_url": p.base_url, "key_env": p.api_key_env,

@@ -53,8 +53,9 @@ def read_columns(path: Path) -> list[str]:
     if input_format(path) == "parquet":
         return list(pq.ParquetFile(path).schema_arrow.names)
     for chunk in _chunks(path, 1):
-        return list(chunk[0]) if chunk else []
-    raise WorkError(f"{path}: the input has a header but no rows")
+        if chunk:
+            return list(chunk[0])
+    raise WorkError(f"{path}: the input has no rows (a header only?); nothing to do")
 
 
 def iter_rows(path: Path, chunk_rows: int = 2048) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -1,9 +1,11 @@
 """Merging a run's shards into one parquet file, checking that every row is there exactly once.
 
-Two passes, both streaming part by part (memory holds the keys, not the rows):
-1. read (row_id, model, status) of every part and choose one record per key: the answer if there is one,
-   else the latest failure (a rerun retries failed rows, so a key can have failures before its answer);
-2. copy the chosen records into OUTPUT/merged.parquet through one ParquetWriter, via a temp file and a rename.
+Two passes:
+1. read (row_id, model, status) of every part (streaming: memory holds the keys) and choose one record per key:
+   the answer if there is one, else the latest failure (a rerun retries failed rows, so a key can have failures
+   before its answer);
+2. gather the chosen records, sort them by input position (then model) and write OUTPUT/merged.parquet via a
+   temp file and a rename (memory holds the merged table: the size of the result, not of the parts' history).
 Two *answers* for one key mean two different runs share the folder (e.g. 2 and 4 shards): an error, never a guess.
 """
 
@@ -20,9 +22,10 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
 
 from grace_hpc.errors import WorkError
+from grace_hpc.work.flat import flat_record
 from grace_hpc.work.results import DONE, KEY, SCHEMA, iter_parts
 
-__all__ = ["MergeSummary", "merge", "failures"]
+__all__ = ["MergeSummary", "merge", "flat_path", "failures"]
 
 _SHARD_DIR = re.compile(r"^shard-(\d+)-of-(\d+)$")
 
@@ -54,7 +57,19 @@ def _shard_dirs(output: Path) -> list[Path]:
     return sorted(dirs, key=lambda d: int(_SHARD_DIR.match(d.name)[1]))  # type: ignore[index]
 
 
-def merge(output: Path, target: Path | None = None) -> MergeSummary:
+def flat_path(target: Path) -> Path:
+    return target.with_name(f"{target.stem}-flat{target.suffix}")
+
+
+def _write(table: pa.Table, target: Path) -> None:
+    tmp = target.with_name(f".{target.name}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, target)
+
+
+def merge(output: Path, target: Path | None = None, *, flat: bool = False) -> MergeSummary:
+    """Merge OUTPUT's shards into `target` (default OUTPUT/merged.parquet), sorted by input position; with `flat`,
+    also `<target>-flat.parquet` (flat.py: one column per input field, option probability and grid value)."""
     dirs = _shard_dirs(output)
     count = int(_SHARD_DIR.match(dirs[0].name)[2])  # type: ignore[index]
     present = {d.name for d in dirs}
@@ -85,18 +100,17 @@ def merge(output: Path, target: Path | None = None) -> MergeSummary:
     for pi, ri, _ in chosen.values():
         keep.setdefault(pi, []).append(ri)
     target = target or output / "merged.parquet"
-    tmp = target.with_name(f".{target.name}.tmp")
+    chosen_rows = [pq.read_table(part).take(pa.array(sorted(keep[pi]), pa.int64())).cast(SCHEMA)
+                   for pi, part in enumerate(parts) if pi in keep]
+    merged = pa.concat_tables(chosen_rows) if chosen_rows else SCHEMA.empty_table()
+    merged = merged.sort_by([("position", "ascending"), ("model", "ascending")])  # input order, then model
     by_model: dict[str, Counter[str]] = {}
-    with pq.ParquetWriter(tmp, SCHEMA) as writer:
-        for pi, part in enumerate(parts):
-            if pi not in keep:
-                continue
-            table = pq.read_table(part).take(pa.array(sorted(keep[pi]), pa.int64()))
-            writer.write_table(table.cast(SCHEMA))
-            models, statuses = table.column("model").to_pylist(), table.column("status").to_pylist()
-            for model, status in zip(models, statuses, strict=True):
-                by_model.setdefault(model, Counter())[status] += 1
-    os.replace(tmp, target)
+    for model, status in zip(merged.column("model").to_pylist(), merged.column("status").to_pylist(), strict=True):
+        by_model.setdefault(model, Counter())[status] += 1
+    _write(merged, target)
+    if flat:
+        rows = [flat_record(r) for r in merged.to_pylist()]
+        _write(pa.Table.from_pylist(rows), flat_path(target))
     ok = sum(c["ok"] for c in by_model.values())
     return MergeSummary(
         output=str(target), rows=len(chosen), ok=ok, failed=len(chosen) - ok, superseded_failures=superseded,

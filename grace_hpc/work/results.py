@@ -134,3 +134,14 @@ def iter_parts(output: Path) -> Iterator[Path]:
     """Every complete part under OUTPUT/shard-*/, shard by shard."""
     for shard_dir in sorted(output.glob("shard-*-of-*")):
         yield from part_files(shard_dir)
+
+
+def rows_written(output: Path) -> int:
+    """Records in the complete parts under OUTPUT (answers and failures; from the parquet footers only)."""
+    total = 0
+    for part in iter_parts(output):
+        try:
+            total += pq.ParquetFile(part).metadata.num_rows
+        except OSError:
+            continue  # renamed away by a concurrent cleanup: counted next time
+    return total

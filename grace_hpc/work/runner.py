@@ -18,10 +18,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from grace_hpc.errors import GraceError, WorkError
-from grace_hpc.work.client import Reply, Upstream
+from grace_hpc.work.canary import check_engine
+from grace_hpc.work.client import Reply, Upstream, gather_all
+from grace_hpc.work.fleet import Fleet, FleetSpec
 from grace_hpc.work.inputs import iter_rows, read_columns
 from grace_hpc.work.parse import parse_answer_probabilities_knowledge
 from grace_hpc.work.progress import Progress
@@ -46,13 +48,27 @@ class WorkSpec(BaseModel):
     task: Task
     output: Path
     models: tuple[str, ...] = Field(min_length=1)  # model names, or one category
-    base_url: str = "http://127.0.0.1:8000/v1"
+    base_url: str | None = None  # a router (or engine) URL; None: route in-process over `fleet`'s registry
+    fleet: FleetSpec | None = None
     concurrency: int = Field(default=8, ge=1)
     retries: int = Field(default=4, ge=0)
     timeout_s: float = Field(default=300.0, gt=0)
     part_rows: int = Field(default=200, ge=1)
     flush_s: float = Field(default=30.0, gt=0)
     chunk_rows: int = Field(default=2048, ge=1)
+    verdicts: Path | None = None  # the log-prob canary's verdict file (beside the registry); None: not stored
+
+    @model_validator(mode="after")
+    def _one_way_to_the_fleet(self) -> WorkSpec:
+        if (self.base_url is None) == (self.fleet is None):
+            raise ValueError("give exactly one of base_url (a router or engine) and fleet (route from the registry)")
+        return self
+
+    def upstream(self, api_key: str | None) -> Upstream:
+        if self.fleet is not None:
+            return Fleet.from_spec(self.fleet, self.concurrency, self.retries, self.timeout_s)
+        assert self.base_url is not None  # by _one_way_to_the_fleet
+        return Upstream(self.base_url, api_key, self.concurrency, self.retries, self.timeout_s)
 
 
 class ShardSummary(BaseModel):
@@ -123,7 +139,7 @@ class _Shard:
         try:
             output: dict[str, Any] = {}
             for q in self.spec.task.questions:
-                asked = await asyncio.gather(*(self.ask(q, model, p) for _, p in question_prompts(q, row)))
+                asked = await gather_all(*(self.ask(q, model, p) for _, p in question_prompts(q, row)))
                 for _, r in asked:
                     replies += r
                 if q.grid is None:
@@ -176,6 +192,20 @@ class _Shard:
                 self.owners[str(m["id"])] = m.get("owned_by")
 
 
+async def _canary(upstream: Upstream, model: str, verdicts: Path | None) -> None:
+    """The log-prob canary for `model`: through the upstream, or per endpoint when routing from the registry."""
+    if not isinstance(upstream, Fleet):
+        await check_engine(upstream, model, verdicts)
+        return
+    endpoints = upstream.endpoints(model)
+    if not endpoints:
+        raise WorkError(f"no ready endpoint in {upstream.spec.registry} serves {model!r}; see `grace-hpc status`")
+    for record in endpoints:
+        async with Upstream(record.base_url, upstream.key(record), concurrency=2, retries=upstream.retries,
+                            timeout_s=upstream.timeout_s) as direct:
+            await check_engine(direct, record.served_model_name, verdicts, endpoint=record.id)
+
+
 def _field(reply: Reply, path: tuple[Any, ...]) -> str:
     value: Any = reply.body
     try:
@@ -204,12 +234,15 @@ async def run_shard(spec: WorkSpec, shard: Shard, api_key: str | None = None, *,
 
     if handle_sigterm:
         loop.add_signal_handler(signal.SIGTERM, on_sigterm)
-    upstream = Upstream(spec.base_url, api_key, spec.concurrency, spec.retries, spec.timeout_s)
+    upstream = spec.upstream(api_key)
     with ResultStore(spec.output / shard.dirname) as store:
         done = store.done_keys()
         async with upstream:
             state = _Shard(spec, shard, upstream, store)
             await state.engines()
+            if any(isinstance(q.extract, OptionsExtract) for q in spec.task.questions):
+                for model in spec.models:  # before any row: refuse an engine whose prompt log-probs are wrong
+                    await _canary(upstream, model, spec.verdicts)
             skipped = 0
             with Progress(f"shard {shard}", total, out=progress_out or sys.stderr) as progress:
 

@@ -6,11 +6,10 @@ each continuation; options.py turns the echoed log-probs into the distribution.
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-from grace_hpc.work.client import Reply, Upstream
+from grace_hpc.work.client import Reply, Upstream, gather_all
 from grace_hpc.work.options import Echo, OptionScores, continuation_logprob, option_scores, parse_echo
 from grace_hpc.work.tasks import OptionsExtract
 
@@ -28,7 +27,8 @@ class ScoredOptions:
 class OptionScorer:
     upstream: Upstream
 
-    async def _echo(self, model: str, text: str) -> tuple[Echo, Reply]:
+    async def echo(self, model: str, text: str) -> tuple[Echo, Reply]:
+        """The prompt log-probs of `text` (`echo: true`), validated by options.parse_echo."""
         # logprobs=0: the chosen token's log-prob only (no top-k needed); max_tokens=1 because some engines
         # (llama-cpp-python) read max_tokens<=0 as "up to the context size".
         payload: dict[str, Any] = {
@@ -40,7 +40,7 @@ class OptionScorer:
     async def score(self, model: str, prompt: str, rule: OptionsExtract) -> ScoredOptions:
         base = prompt.rstrip()
         spellings = [(opt, cont) for opt in rule.options for cont in rule.variants(opt)]
-        results = await asyncio.gather(self._echo(model, base), *(self._echo(model, base + c) for _, c in spellings))
+        results = await gather_all(self.echo(model, base), *(self.echo(model, base + c) for _, c in spellings))
         (bare, bare_reply), rest = results[0], results[1:]
         per_option: dict[str, list[float]] = {opt: [] for opt in rule.options}
         tokens: dict[str, list[str]] = {}

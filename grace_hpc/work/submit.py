@@ -77,10 +77,16 @@ def submit_array(spec: WorkSpec, options: ArrayOptions, folder: Path, *, cluster
         ) from exc
 
 
-def worker_argv(spec: WorkSpec, task_ref: str, category: str | None = None) -> list[str]:
-    """`python -m grace_hpc work ...` for one array task (the shard comes from the SLURM environment)."""
+def worker_argv(spec: WorkSpec, task_ref: str, category: str | None = None, routing: str = "default") -> list[str]:
+    """`python -m grace_hpc work ...` for one array task (the shard comes from the SLURM environment). Without a
+    router URL the task routes over the registry itself (the compute node's loopback has no router)."""
     argv = ["python", "-m", "grace_hpc", "work", "--input", str(spec.input), "--task", task_ref,
-            "--output", str(spec.output), "--router", spec.base_url, "--concurrency", str(spec.concurrency)]
+            "--output", str(spec.output)]
+    if spec.base_url is not None:
+        argv += ["--router", spec.base_url]
+    elif spec.fleet is not None:
+        argv += ["--registry", str(spec.fleet.registry), "--routing", routing]
+    argv += ["--concurrency", str(spec.concurrency)]
     argv += ["--category", category] if category else ["--models", ",".join(spec.models)]
     return argv
 
