@@ -14,6 +14,14 @@ from grace_hpc.errors import ConfigError
 class Engine(str, Enum):
     VLLM = "vllm"
     LLAMACPP = "llama.cpp"
+    # llama.cpp's weights and flags, served by grace_hpc.engines.scoring_server: exact prompt log-probs (`echo`) for
+    # option tasks on CPU, where llama.cpp's own server ignores `echo` (needs llama-cpp-python; docs/work.md)
+    SCORING = "scoring"
+
+    @property
+    def planned_as(self) -> str:
+        """The engine the planner sizes it as: the scoring server runs the same GGUF in llama.cpp."""
+        return Engine.LLAMACPP.value if self is Engine.SCORING else self.value
 
 
 class Replicas(Frozen):

@@ -6,9 +6,10 @@ from pathlib import Path
 
 from grace_hpc.config.catalog import Catalog
 from grace_hpc.config.cluster import Cluster
-from grace_hpc.config.deployment import Deployment, ServerSpec
+from grace_hpc.config.deployment import Deployment, Engine, ServerSpec
 from grace_hpc.config.loader import ConfigDir
 from grace_hpc.planner import API_KEY_ENV, ServerPlan, render_llamacpp_argv, render_vllm_argv
+from grace_hpc.serve.resolve import SCORING_SERVER
 from grace_hpc.serve.spec import ModelLaunch, ServeSpec
 
 
@@ -28,8 +29,10 @@ def model_launches(
             rendered = render_vllm_argv(p, host="{host}", port="{port}", served_model_name=served)  # type: ignore[arg-type]
             argv = [*cluster.engines.vllm_prefix, *vllm_command(rendered, cluster.engines.vllm_command)]
         else:
-            argv = [*cluster.engines.llamacpp_prefix,
-                    *render_llamacpp_argv(p, host="{host}", port="{port}", served_model_name=served)]  # type: ignore[arg-type]
+            rendered = render_llamacpp_argv(p, host="{host}", port="{port}", served_model_name=served)  # type: ignore[arg-type]
+            if server.engine is Engine.SCORING:  # the same flags, the exact-log-prob server (serve/resolve.py)
+                rendered = [SCORING_SERVER, *rendered[1:]]
+            argv = [*cluster.engines.llamacpp_prefix, *rendered]
         launches.append(
             ModelLaunch(
                 model=spec.name, served_model_name=served, categories=server.categories, task=spec.task,

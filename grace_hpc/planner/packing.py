@@ -69,7 +69,7 @@ def plan_server(
     specs = [_spec(catalog, name) for name in server.models]
     request = PlanRequest(
         dtype=server.dtype, quantization=server.quantization, max_model_len=server.max_model_len,
-        min_concurrency=server.min_concurrency, engine=server.engine.value if server.engine else None,
+        min_concurrency=server.min_concurrency, engine=server.engine.planned_as if server.engine else None,
         num_gpus=server.num_gpus if len(specs) == 1 else (server.num_gpus or (0 if gpu.is_cpu else 1)),
         vllm_version=vllm_version,
     )

@@ -11,6 +11,9 @@ from grace_hpc.errors import EngineError
 
 #: Runs llama.cpp's server from the prebuilt xllamacpp wheel with llama-server's flags.
 LLAMACPP_FALLBACK = [sys.executable, "-m", "grace_hpc.engines.llamacpp_server"]
+#: What `launch` renders for a server pinned to `engine: scoring`: llama-server's flags, the scoring engine's process.
+SCORING_SERVER = "grace-scoring-server"
+SCORING_COMMAND = [sys.executable, "-m", "grace_hpc.engines.scoring_server"]
 
 
 def resolve_weights(ref: str) -> str:
@@ -34,4 +37,6 @@ def resolve_argv(argv: list[str]) -> list[str]:
     out = [resolve_weights(a) for a in argv]
     if out and out[0] == "llama-server" and shutil.which("llama-server") is None:
         out = LLAMACPP_FALLBACK + out[1:]
+    elif out and out[0] == SCORING_SERVER:
+        out = SCORING_COMMAND + out[1:]
     return out
