@@ -21,15 +21,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="registry file (default: $GRACE_REGISTRY, else paths.registry in cluster.yaml)")
     p.add_argument("--keys-file", type=Path, metavar="FILE",
                    help="owner-only file of client keys, one a line (also: $GRACE_ROUTER_KEYS, comma-separated)")
+    p.add_argument("--access-log", type=Path, metavar="FILE",
+                   help="append one JSON line per request to FILE (request id, category, model, server, status, "
+                        "latency, tokens; never prompts or keys); off by default")
     p.add_argument("--print-url", action="store_true", help="print the URL on stdout once listening (for scripts)")
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from grace_hpc.logging_setup import configure_logging
     from grace_hpc.registry.store import Registry
     from grace_hpc.router import create_app, run_router
     from grace_hpc.router.auth import client_keys, require_keys_off_loopback
 
+    configure_logging()
     config = config_dir(args)
     routing = config.routing(args.routing)
     cluster = config.cluster()
@@ -39,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
         registry = Registry.from_cluster(cluster, config)
     keys = client_keys(args.keys_file, os.environ)
     require_keys_off_loopback(args.host, keys)
-    app = create_app(routing, registry, client_keys=keys, stale_after_s=cluster.stale_after_s)
+    app = create_app(routing, registry, client_keys=keys, stale_after_s=cluster.stale_after_s,
+                     access_log=args.access_log)
 
     def listening(url: str) -> None:
         if args.print_url:

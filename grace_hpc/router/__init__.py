@@ -1,10 +1,14 @@
 """The router: one OpenAI-compatible URL in front of every live endpoint, by task category, with cloud fallback.
 
-    policy.py   pure choice: category resolution and the ordered attempts over a registry snapshot
-    health.py   in-flight counts, ejection and exponential cooldown (state only)
-    upstream.py one relayed call with explicit timeouts; streaming with backpressure
-    app.py      the aiohttp application and its handlers
-    serve.py    run in the foreground or in a thread
+    policy.py      pure choice: category resolution, the ordered attempts, whether a prompt fits a context
+    failures.py    pure attribution: each failure kind, its side, whether it ejects, what the client sees
+    health.py      in-flight counts, ejection and exponential cooldown (state only)
+    upstream.py    one relayed call with explicit timeouts; streaming with backpressure; client vs upstream side
+    tokens.py      exact prompt counts from an engine's /tokenize, cached per endpoint
+    state.py       the application's state; app.py the application, its middleware and lifespan
+    proxy.py       the POST handlers; views.py the GET pages; background.py the supervised background tasks
+    auth.py, metrics.py, errors.py, access_log.py   keys, Prometheus text, OpenAI error bodies, JSON access log
+    serve.py       run in the foreground or in a thread
 """
 
 from grace_hpc.router.app import create_app

@@ -1,0 +1,91 @@
+"""The router's state: the routing table, the registry snapshot, health books, caches and counters.
+
+One `RouterState` per application, stored under `STATE`; handlers (proxy.py, views.py) and background tasks
+(background.py) read and update it on the event loop only, so it needs no locks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+from grace_hpc.config.routing import Routing
+from grace_hpc.registry.records import EndpointRecord, EndpointState
+from grace_hpc.router import policy
+from grace_hpc.router.access_log import AccessLog
+from grace_hpc.router.auth import UpstreamKeys
+from grace_hpc.router.health import HealthBook
+from grace_hpc.router.metrics import Metrics
+from grace_hpc.router.source import RegistrySource, Snapshot
+from grace_hpc.router.tokens import TokenCounter
+
+REQUEST_ID = "X-Request-Id"
+REQUEST_ID_KEY = web.RequestKey("grace_request_id", str)  # where the middleware leaves each request's id
+
+
+@dataclass
+class RouterState:
+    routing: Routing
+    source: RegistrySource
+    environ: Mapping[str, str]
+    clock: Callable[[], float]
+    client_keys: frozenset[str]
+    poll_interval_s: float
+    health: HealthBook
+    cloud_health: HealthBook  # providers: ejected on 401/403 for a cooldown, then tried again by the next request
+    stale_after_s: float = 90.0
+    wall_clock: Callable[[], float] = time.time  # heartbeats are unix times; `clock` is monotonic
+    access_log_path: Path | None = None
+    metrics: Metrics = field(default_factory=Metrics)
+    upstream_keys: UpstreamKeys = field(default_factory=UpstreamKeys)
+    tokens: TokenCounter = field(default_factory=TokenCounter)
+    records: list[EndpointRecord] = field(default_factory=list)
+    known: frozenset[str] = frozenset()  # names a request may use, recomputed per snapshot
+    version: object = None
+    registry_error: str | None = None
+    rotation: int = 0
+    session: aiohttp.ClientSession | None = None
+    access: AccessLog | None = None
+
+    def apply(self, snap: Snapshot) -> None:
+        """Swap in a new snapshot (on the event loop); requests in flight keep the records they already chose."""
+        self.records, self.version, self.registry_error = list(snap.records), snap.version, None
+        self.known = frozenset(policy.known_models(self.routing, self.records))
+        live = {r.id for r in self.records}
+        self.health.forget_except(live)
+        self.tokens.forget_except(live)
+
+    def stale_before(self) -> float:
+        """Records whose last heartbeat is older than this are not routed to (see policy.stale)."""
+        return self.wall_clock() - self.stale_after_s
+
+    def routable(self, record: EndpointRecord, stale_before: float) -> bool:
+        """Ready, not ejected, not stale: what /ready counts as routable (load and context aside)."""
+        return (record.state is EndpointState.READY and not self.health.get(record.id).ejected
+                and not policy.stale(record, stale_before))
+
+    def cloud_ready(self) -> list[str]:
+        """Providers whose key variable is set and that are not cooling down after refusing it."""
+        return [p.name for p in self.routing.cloud
+                if self.environ.get(p.api_key_env) and not self.cloud_health.cooling(p.name)]
+
+    @cached_property
+    def timeout(self) -> aiohttp.ClientTimeout:
+        # sock_read bounds the silence between bytes, not the whole generation, so long streams are fine
+        return aiohttp.ClientTimeout(
+            total=None, connect=self.routing.connect_timeout_s, sock_read=self.routing.read_timeout_s
+        )
+
+    @cached_property
+    def short_timeout(self) -> aiohttp.ClientTimeout:
+        """For the router's own small calls (probes, /tokenize)."""
+        return aiohttp.ClientTimeout(total=self.routing.connect_timeout_s * 2, connect=self.routing.connect_timeout_s)
+
+
+STATE = web.AppKey("grace_router_state", RouterState)
