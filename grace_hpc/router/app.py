@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
@@ -88,7 +87,7 @@ async def _request_id_and_json_errors(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     given = request.headers.get(REQUEST_ID, "")
-    request[REQUEST_ID_KEY] = given if _SANE_REQUEST_ID.fullmatch(given) else secrets.token_hex(12)
+    request[REQUEST_ID_KEY] = given if _SANE_REQUEST_ID.fullmatch(given) else request.app[STATE].new_request_id()
     try:
         response = await handler(request)
     except web.HTTPRequestEntityTooLarge:

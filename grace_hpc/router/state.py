@@ -6,8 +6,10 @@ One `RouterState` per application, stored under `STATE`; handlers (proxy.py, vie
 
 from __future__ import annotations
 
+import itertools
+import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -52,6 +54,12 @@ class RouterState:
     rotation: int = 0
     session: aiohttp.ClientSession | None = None
     access: AccessLog | None = None
+    # request ids made up for clients that send none: unique per router (random prefix) without a syscall each
+    id_prefix: str = field(default_factory=lambda: secrets.token_hex(6))
+    id_counter: Iterator[int] = field(default_factory=itertools.count)
+
+    def new_request_id(self) -> str:
+        return f"{self.id_prefix}-{next(self.id_counter):x}"
 
     def apply(self, snap: Snapshot) -> None:
         """Swap in a new snapshot (on the event loop); requests in flight keep the records they already chose."""
