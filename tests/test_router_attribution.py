@@ -7,7 +7,6 @@ each point of a stream counts against nobody, is never replayed and closes the u
 
 from __future__ import annotations
 
-import json
 import logging
 import socket
 import time
@@ -21,6 +20,8 @@ from tests.support.router_env import (
     json_answer,
     key_file,
     metric,
+    raw_stream_request,
+    read_until,
     record,
     router,
     routing,
@@ -152,6 +153,20 @@ def test_a_dead_endpoint_is_ejected_and_the_request_served_by_the_next(tmp_path)
             assert endpoint(url, "dead")["healthy"] is False and metric(url, "grace_router_ejections_total") == 1
 
 
+def test_a_connection_the_engine_closes_without_answering_is_tried_once_more_before_anything_counts(tmp_path):
+    async def drop_first(request, n):  # noqa: ANN001, ANN202 - as an engine closing an idle kept-alive connection
+        if n == 0:
+            request.transport.close()
+            raise ConnectionResetError("closed without an answer")
+        return await canned_answer(request, n)
+
+    with standin_upstream(drop_first) as engine:
+        with router(table(), tmp_path / "registry.json", [record("a", engine.url, "first")]) as url, client(url) as c:
+            raw = c.chat.completions.with_raw_response.create(model="first-only", messages=QUESTION)
+            assert raw.headers["X-Grace-Served-By"] == "a" and len(engine.hits) == 2
+            assert endpoint(url, "a")["healthy"] is True and metric(url, "grace_router_ejections_total") == 0
+
+
 @pytest.mark.parametrize("code, exception", [
     (400, openai.BadRequestError), (404, openai.NotFoundError), (413, openai.APIStatusError),
     (422, openai.UnprocessableEntityError),
@@ -171,24 +186,6 @@ def test_a_4xx_caused_by_the_request_passes_through_unchanged_and_is_not_retried
 
 
 # --- a client hanging up, at each point of a stream -----------------------------------------------------------
-
-def raw_stream_request(url: str, body: dict) -> socket.socket:
-    host, port = url.removeprefix("http://").split("/")[0].split(":")
-    data = json.dumps(body).encode()
-    sock = socket.create_connection((host, int(port)), timeout=10)
-    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: router\r\nContent-Type: application/json\r\n"
-                 b"Content-Length: " + str(len(data)).encode() + b"\r\n\r\n" + data)
-    return sock
-
-
-def read_until(sock: socket.socket, marker: bytes, count: int = 1) -> bytes:
-    seen = b""
-    while seen.count(marker) < count:
-        chunk = sock.recv(65536)
-        assert chunk, f"connection closed after {seen!r}"
-        seen += chunk
-    return seen
-
 
 HANG_UPS = {  # point of the stream -> (upstream stream, what the client reads before it closes)
     "before-headers": (sse_answer(50, 0.05, headers_after_s=1.0), lambda s: time.sleep(0.3)),

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-import json
-import socket
 import time
 from pathlib import Path
 
@@ -20,7 +18,7 @@ import pytest
 import requests
 
 from grace_hpc.serve.resolve import resolve_weights
-from tests.support.router_env import metric, record, router, routing
+from tests.support.router_env import metric, raw_stream_request, read_until, record, router, routing
 
 pytestmark = pytest.mark.engine
 
@@ -146,18 +144,11 @@ def slots_busy(server) -> int:  # noqa: ANN001 - the conftest Server
 @pytest.mark.parametrize("point", ["after-headers", "mid-stream", "after-done"])
 def test_raw_http_disconnects_at_each_point_of_a_stream_free_the_engine_and_blame_nobody(fleet, point):
     url, server = fleet
-    body = json.dumps({"model": "default", "messages": QUESTION, "stream": True, "max_tokens": 8 if
-                       point == "after-done" else 1000, "ignore_eos": True}).encode()
-    sock = socket.create_connection(("127.0.0.1", int(url.split(":")[2].split("/")[0])), timeout=60)
-    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: r\r\nContent-Type: application/json\r\n"
-                 b"Authorization: Bearer " + ROUTER_KEY.encode() + b"\r\nContent-Length: "
-                 + str(len(body)).encode() + b"\r\n\r\n" + body)
+    body = {"model": "default", "messages": QUESTION, "stream": True, "ignore_eos": True,
+            "max_tokens": 8 if point == "after-done" else 1000}
+    sock = raw_stream_request(url, body, {"Authorization": f"Bearer {ROUTER_KEY}"})
     want = {"after-headers": (b"\r\n\r\n", 1), "mid-stream": (b"data: ", 3), "after-done": (b"data: [DONE]", 1)}
-    marker, count = want[point]
-    seen = b""
-    while seen.count(marker) < count:
-        seen += sock.recv(65536)
-    assert seen.startswith(b"HTTP/1.1 200")
+    read_until(sock, *want[point])
     sock.close()
     deadline = time.monotonic() + 5
     while slots_busy(server) and time.monotonic() < deadline:  # the generation of 1000 tokens was stopped

@@ -9,10 +9,8 @@ with 20 raw HTTP clients that hang up at random points, give zero client-visible
 from __future__ import annotations
 
 import importlib.util
-import json
 import random
 import shutil
-import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,7 +24,7 @@ from grace_hpc.config.routing import Routing
 from grace_hpc.registry.store import Registry
 from grace_hpc.router import create_app, serve_in_thread
 from tests.support.cli import grace
-from tests.support.router_env import metric
+from tests.support.router_env import metric, raw_stream_request, read_until
 
 pytestmark = pytest.mark.engine
 
@@ -53,17 +51,9 @@ def embedded_fleet(tmp_path):
 
 def hang_up(url: str, rng: random.Random) -> None:
     """A client that sends a streamed request and closes its socket after reading 1-6 events."""
-    host, port = url.removeprefix("http://").split("/")[0].split(":")
-    body = json.dumps({"model": "default", "messages": QUESTION, "stream": True, "max_tokens": 16,
-                       "ignore_eos": True}).encode()
-    with socket.create_connection((host, int(port)), timeout=TIMEOUT_S) as sock:
-        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: r\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
-        events, seen = rng.randint(1, 6), b""
-        while seen.count(b"data: ") < events:
-            chunk = sock.recv(65536)
-            assert chunk, seen
-            seen += chunk
+    body = {"model": "default", "messages": QUESTION, "stream": True, "max_tokens": 16, "ignore_eos": True}
+    with raw_stream_request(url, body) as sock:
+        read_until(sock, b"data: ", rng.randint(1, 6))
 
 
 def test_100_official_client_streams_with_20_hang_ups_between_them_lose_nothing_and_eject_nothing(embedded_fleet):

@@ -31,6 +31,7 @@ from grace_hpc.router.state import REQUEST_ID, REQUEST_ID_KEY, STATE, RouterStat
 
 log = logging.getLogger("grace_hpc.router")
 
+UPSTREAM_KEEPALIVE_S = 4.0
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")  # echoed into headers and logs: no spaces or controls
 
 
@@ -69,8 +70,10 @@ def create_app(
 
 async def _lifespan(app: web.Application) -> AsyncIterator[None]:
     state = app[STATE]
-    # no per-host connection cap: engines batch, and the policy already bounds each endpoint's queue
-    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0)
+    # no per-host connection cap: engines batch, and the policy already bounds each endpoint's queue. Idle
+    # connections are dropped before the engines drop them (vLLM's uvicorn and llama.cpp's cpp-httplib both close
+    # after 5 s idle; aiohttp would keep them 15 s), so a request is rarely sent on a connection being closed.
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=UPSTREAM_KEEPALIVE_S)
     state.session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
     if state.access_log_path is not None:
         state.access = AccessLog(state.access_log_path).__enter__()

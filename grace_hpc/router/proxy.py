@@ -124,6 +124,7 @@ async def _serve(request: web.Request, state: RouterState, exchange: Exchange) -
             continue
         if endpoint_id:
             state.health.started(endpoint_id)
+        exchange.served_by = target.served_by
         try:
             relayed = await relay(request, state.session, target, payload, stream, state.timeout, deadline, headers,
                                   exchange.progress)
@@ -191,8 +192,9 @@ def _blame(state: RouterState, attempt: policy.Attempt, failure: UpstreamFailure
         book, name, served_by = state.cloud_health, attempt.provider.name, f"cloud:{attempt.provider.name}"
         key_source = f"${attempt.provider.api_key_env}"
     eject_after = EJECT_AFTER.get(failure.kind)
-    if eject_after is None:
-        log.info("%s; trying the next upstream", failure)
+    if eject_after is None:  # a provider's quota or the request's own deadline: nothing wrong with the upstream
+        if failure.kind is FailureKind.RATE_LIMITED:
+            log.info("%s (rate limited); trying the next upstream", failure)
         return
     if not book.failed(name, str(failure), eject_after):
         return
@@ -206,8 +208,8 @@ def _blame(state: RouterState, attempt: policy.Attempt, failure: UpstreamFailure
 
 def _account(state: RouterState, route: policy.Route, attempt: policy.Attempt, relayed: Relayed,
              failures: list[UpstreamFailure], exchange: Exchange) -> None:
-    served_by = relayed.response.headers.get("X-Grace-Served-By", "?")
-    exchange.served_by, exchange.status, exchange.usage = served_by, relayed.status, relayed.usage
+    served_by = exchange.served_by
+    exchange.status, exchange.usage = relayed.status, relayed.usage
     if isinstance(attempt, policy.EndpointAttempt):
         if relayed.broke_mid_stream:
             if state.health.failed(attempt.record.id, relayed.broke_mid_stream):
@@ -241,6 +243,7 @@ def _what(route: policy.Route) -> str:
 
 def _nothing_served(state: RouterState, route: policy.Route, failures: list[UpstreamFailure],
                     exchange: Exchange) -> web.Response:
+    exchange.served_by = "-"
     if failures:
         status, code = CLIENT_ERROR[failures[-1].kind]
         detail = "; ".join(str(f) for f in failures[-3:])

@@ -91,7 +91,7 @@ async def relay(
     guard = asyncio.timeout_at(deadline)
     try:
         async with guard:
-            resp = await session.post(target.url, data=payload, headers=_headers(target, headers), timeout=timeout)
+            resp = await _post(session, target, payload, _headers(target, headers), timeout)
             try:
                 kind = classify_status(resp.status)
                 if kind is not None:  # the upstream's text stays here: it may quote a key or a traceback
@@ -122,6 +122,18 @@ async def relay(
     out.headers.update(target.provenance())
     usage = _usage(body) if resp.status == 200 and content_type.startswith("application/json") else None
     return Relayed(out, resp.status, usage)
+
+
+async def _post(session: aiohttp.ClientSession, target: Target, payload: bytes, headers: dict[str, str],
+                timeout: aiohttp.ClientTimeout) -> aiohttp.ClientResponse:
+    """POST, once more when the server closed the connection before any answer: a pooled keep-alive connection
+    the engine closed as it was reused never delivered the request (RFC 9112 section 9.3.1). aiohttp retries that
+    only for idempotent methods; generation has no side effects, so a POST may be sent again. A server that
+    really went away refuses the second connection, which counts against it as usual."""
+    try:
+        return await session.post(target.url, data=payload, headers=headers, timeout=timeout)
+    except aiohttp.ServerDisconnectedError:
+        return await session.post(target.url, data=payload, headers=headers, timeout=timeout)
 
 
 def _headers(target: Target, extra: Mapping[str, str]) -> dict[str, str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -162,3 +163,25 @@ def metric(base_url: str, name: str) -> float:
     text = requests.get(base_url.removesuffix("/v1") + "/metrics", timeout=10).text
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.startswith(name + "{") or line.startswith(name + " "))
+
+
+def raw_stream_request(url: str, body: dict, headers: dict[str, str] | None = None) -> socket.socket:
+    """POST `body` to the router's /v1/chat/completions over a plain socket (so a test can hang up anywhere)."""
+    host, port = url.removeprefix("http://").split("/")[0].split(":")
+    data = json.dumps(body).encode()
+    lines = "".join(f"{k}: {v}\r\n" for k, v in {"Host": "router", "Content-Type": "application/json",
+                                                  "Content-Length": str(len(data)), **(headers or {})}.items())
+    sock = socket.create_connection((host, int(port)), timeout=300)
+    sock.sendall(f"POST /v1/chat/completions HTTP/1.1\r\n{lines}\r\n".encode() + data)
+    return sock
+
+
+def read_until(sock: socket.socket, marker: bytes, count: int = 1) -> bytes:
+    """Everything received until `marker` was seen `count` times; the answer must be a 200."""
+    seen = b""
+    while seen.count(marker) < count:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed after {seen!r}"
+        seen += chunk
+        assert seen.startswith(b"HTTP/1.1 200"[:len(seen)]), seen
+    return seen
