@@ -71,8 +71,9 @@ def create_app(
 async def _lifespan(app: web.Application) -> AsyncIterator[None]:
     state = app[STATE]
     # no per-host connection cap: engines batch, and the policy already bounds each endpoint's queue. Idle
-    # connections are dropped before the engines drop them (vLLM's uvicorn and llama.cpp's cpp-httplib both close
-    # after 5 s idle; aiohttp would keep them 15 s), so a request is rarely sent on a connection being closed.
+    # connections are dropped before the engines drop them (vLLM: VLLM_HTTP_TIMEOUT_KEEP_ALIVE = 5 s in
+    # vllm/envs.py; llama.cpp's cpp-httplib: CPPHTTPLIB_KEEPALIVE_TIMEOUT_SECOND = 5; aiohttp's default is 15 s),
+    # so a request is rarely sent on a connection the engine is closing.
     connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=UPSTREAM_KEEPALIVE_S)
     state.session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
     if state.access_log_path is not None:
