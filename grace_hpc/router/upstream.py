@@ -70,8 +70,10 @@ def sse_error(message: str) -> bytes:
 
 def _describe(exc: BaseException) -> str:
     # aiohttp messages name host:port and the OS error, never request headers, so no key can leak through them
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return "connect timed out (connect_timeout_s)"
     if isinstance(exc, asyncio.TimeoutError):
-        return "timed out"
+        return "timed out: no byte within read_timeout_s"
     return f"{type(exc).__name__}: {exc}"[:300]
 
 
