@@ -268,7 +268,8 @@ def fits(record: EndpointRecord, prompt: PromptSize, counted: Mapping[str, int])
 def undecided(route: Route, records: Sequence[EndpointRecord], prompt: PromptSize, counted: Mapping[str, int],
               stale_before: float | None = None) -> list[EndpointRecord]:
     """Ready endpoints of the route whose fit only their tokenizer can decide (to count on before planning)."""
-    return [r for r in _candidates(route, records, stale_before) if fits(r, prompt, counted) is None]
+    maybe = [r for r in records if fits(r, prompt, counted) is None]  # cheapest test first: usually empty
+    return _candidates(route, maybe, stale_before) if maybe else []
 
 
 @dataclass(frozen=True)

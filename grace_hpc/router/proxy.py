@@ -93,8 +93,7 @@ async def _serve(request: web.Request, state: RouterState, exchange: Exchange) -
                        "request body must be a JSON object whose `model` is a string", "invalid_request")
     exchange.model = body.get("model")
     try:
-        route = policy.resolve(state.routing, state.records, body.get("model"), request.headers.get("X-Grace-Category"),
-                               state.known)
+        route = state.resolve(body.get("model"), request.headers.get("X-Grace-Category"))
     except policy.MissingModel as exc:
         return _refuse(state, exchange, 400, "missing_model", str(exc), "model_required")
     except policy.UnknownTarget as exc:

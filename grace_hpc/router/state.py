@@ -49,6 +49,9 @@ class RouterState:
     tokens: TokenCounter = field(default_factory=TokenCounter)
     records: list[EndpointRecord] = field(default_factory=list)
     known: frozenset[str] = frozenset()  # names a request may use, recomputed per snapshot
+    #: resolved routes by (model, category header), per snapshot; only names that resolved, so its size is bounded
+    #: by the table and the live models, never by what clients send
+    routes: dict[tuple[str | None, str | None], policy.Route] = field(default_factory=dict)
     version: object = None
     registry_error: str | None = None
     rotation: int = 0
@@ -65,9 +68,18 @@ class RouterState:
         """Swap in a new snapshot (on the event loop); requests in flight keep the records they already chose."""
         self.records, self.version, self.registry_error = list(snap.records), snap.version, None
         self.known = frozenset(policy.known_models(self.routing, self.records))
+        self.routes.clear()
         live = {r.id for r in self.records}
         self.health.forget_except(live)
         self.tokens.forget_except(live)
+
+    def resolve(self, model: str | None, category_header: str | None) -> policy.Route:
+        """policy.resolve over the current snapshot, cached (raises its UnknownTarget / MissingModel)."""
+        key = (model, category_header)
+        route = self.routes.get(key)
+        if route is None:
+            route = self.routes[key] = policy.resolve(self.routing, self.records, model, category_header, self.known)
+        return route
 
     def stale_before(self) -> float:
         """Records whose last heartbeat is older than this are not routed to (see policy.stale)."""
