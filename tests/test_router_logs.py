@@ -32,7 +32,7 @@ def test_configured_logging_writes_utc_timestamps_levels_and_names_at_the_level_
         configure_logging({"GRACE_LOG_LEVEL": "loud"})
 
 
-def test_route_logs_an_ejection_as_a_timestamped_warning(tmp_path):
+def test_route_logs_an_ejection_as_a_timestamped_warning_and_writes_its_access_log(tmp_path):
     table = tmp_path / "routing.yaml"
     table.write_text("connect_timeout_s: 1.0\ncategories:\n  - {name: default, models: [chat]}\n")
     from grace_hpc.registry.store import Registry
@@ -41,7 +41,7 @@ def test_route_logs_an_ejection_as_a_timestamped_warning(tmp_path):
     registry.register(record("dead", "http://127.0.0.1:9/v1", "chat"))
     env = {k: v for k, v in os.environ.items() if k != "GRACE_ROUTER_KEYS"}
     proc = subprocess.Popen([sys.executable, "-m", "grace_hpc", "route", "--port", "0", "--print-url", "--routing",
-                             str(table), "--registry", str(registry.path)],
+                             str(table), "--registry", str(registry.path), "--access-log", str(tmp_path / "a.jsonl")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         url = proc.stdout.readline().strip()
@@ -52,6 +52,8 @@ def test_route_logs_an_ejection_as_a_timestamped_warning(tmp_path):
         _, err = proc.communicate(timeout=30)
     warnings = [line for line in err.splitlines() if " WARNING " in line]
     assert len(warnings) == 1 and LINE.match(warnings[0]) and "ejected dead: dead: ClientConnectorError" in warnings[0]
+    [access] = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text().splitlines()]
+    assert (access["served_by"], access["status"]) == ("-", 502)
 
 
 def test_the_access_log_has_one_json_line_per_request_and_no_prompt_answer_or_key(tmp_path):
