@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
-"""Router overhead benchmark: direct vs through grace-hpc vs through LiteLLM's proxy, same machine, same run.
+"""Router overhead benchmark: direct vs through grace-hpc, vLLM's Rust router and LiteLLM's proxy, same machine,
+same run.
 
     python bench/router.py [--rates 200,1000] [--duration 10] [--litellm PATH/TO/litellm] [--ledger]
+    python bench/router.py [--rates 200,1000] [--duration 10] [--litellm PATH/TO/litellm]
+                           [--vllm-router PATH/TO/vllm-router]
 
 Upstream: nginx (apt `nginx-light`) answering every POST with one canned chat completion, so the upstream costs
 almost nothing and what is measured is the proxy. Load: an open-loop generator in its own process (latency is
@@ -150,6 +153,19 @@ def litellm_proxy(work: Path, upstream: str, cores: list[int], litellm: str) -> 
         yield url, proc.pid
 
 
+@contextmanager
+def vllm_router_proxy(work: Path, upstream: str, cores: list[int], exe: str) -> Iterator[tuple[str, int]]:
+    """vLLM's Rust router (PyPI `vllm-router`) over the same nginx: it takes workers' root URLs, routes
+    /v1/chat/completions to one of them, and health-checks them on GET /health (nginx answers 200 to anything)."""
+    port = free_port()
+    argv = [exe, "--host", "127.0.0.1", "--port", str(port), "--worker-urls", upstream.removesuffix("/v1"),
+            "--policy", "round_robin", "--log-level", "error"]
+    with process(pinned(argv, cores), work / "vllm-router.log") as proc:
+        url = f"http://127.0.0.1:{port}/v1"
+        wait_http(f"{url}/chat/completions", proc, timeout_s=120)
+        yield url, proc.pid
+
+
 # -- load -------------------------------------------------------------------------------------------------------
 async def _open_loop(url: str, rate: float, duration: float) -> dict[str, float]:
     import aiohttp
@@ -243,6 +259,8 @@ def main() -> int:
     p.add_argument("--duration", type=float, default=10.0, help="seconds per measurement (default 10)")
     p.add_argument("--litellm", default=shutil.which("litellm"), help="the `litellm` proxy executable, if any")
     p.add_argument("--ledger", action="store_true", help="also measure grace-hpc with its usage ledger on (SQLite)")
+    p.add_argument("--vllm-router", default=shutil.which("vllm-router"),
+                   help="the `vllm-router` executable (PyPI vllm-router), if any")
     args = p.parse_args()
     for tool in ("nginx", "wrk"):
         if shutil.which(tool) is None:
@@ -259,6 +277,8 @@ def main() -> int:
             if args.ledger:
                 targets["grace-hpc+ledger"] = lambda: grace_router(work, upstream, proxy_cores,
                                                                    str(work / "ledger.sqlite"))
+            if args.vllm_router:
+                targets["vllm-router"] = lambda: vllm_router_proxy(work, upstream, proxy_cores, args.vllm_router)
             if args.litellm:
                 targets["litellm"] = lambda: litellm_proxy(work, upstream, proxy_cores, args.litellm)
             for name, start in targets.items():
@@ -304,10 +324,11 @@ def print_table(results: dict[str, dict], rates: list[float], ncpu: int) -> None
         on, off = results["grace-hpc+ledger"], results["grace-hpc"]
         print(f"\nledger on vs off: {on['rps'] / off['rps']:.1%} of the max req/s, "
               f"{on['cpu_us_per_request'] - off['cpu_us_per_request']:+.0f} us of proxy CPU per request")
-    if "litellm" in results and "grace-hpc" in results:
-        g, lt = results["grace-hpc"], results["litellm"]
-        print(f"\ngrace-hpc vs LiteLLM: {g['rps'] / lt['rps']:.1f}x max req/s, "
-              f"{lt['cpu_us_per_request'] / g['cpu_us_per_request']:.1f}x less proxy CPU per request")
+    for other, label in (("vllm-router", "vllm-router"), ("litellm", "LiteLLM")):
+        if other in results and "grace-hpc" in results:
+            g, o = results["grace-hpc"], results[other]
+            print(f"grace-hpc vs {label}: {g['rps'] / o['rps']:.2f}x its max req/s, "
+                  f"{g['cpu_us_per_request'] / o['cpu_us_per_request']:.2f}x its proxy CPU per request")
 
 if __name__ == "__main__":
     raise SystemExit(main())

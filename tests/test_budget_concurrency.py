@@ -50,7 +50,7 @@ def test_32_concurrent_requests_at_the_budget_edge_stop_within_the_in_flight_bou
     with priced_cloud("cloud-secret", delay_s=0.5, **USAGE) as cloud:
         routes = table(cloud.url)
         provider = routes.provider("standin")
-        estimate = estimate_usd(provider, BODY, policy.estimate_prompt_tokens(BODY))
+        estimate = estimate_usd(provider, BODY, policy.prompt_size(BODY).low)
         actual = cost_usd(provider, USAGE["prompt_tokens"], USAGE["completion_tokens"])
         fits = int((BUDGET - ALREADY_SPENT) / estimate)  # reservations admit exactly this many
         assert 1 < fits < 32 and actual > estimate  # the edge: some fit, and each costs more than reserved

@@ -13,10 +13,16 @@ from grace_hpc.router.policy import (
     CloudAttempt,
     EndpointAttempt,
     Load,
+    MissingModel,
+    PromptSize,
     UnknownTarget,
-    estimate_prompt_tokens,
+    fits,
     plan,
+    prompt_size,
+    prompt_text,
     resolve,
+    too_long,
+    undecided,
 )
 from tests.support.router_env import record
 
@@ -60,7 +66,7 @@ def ids(attempts) -> list[str]:
     ("coder-1b", "code", "code", ("coder-1b", "coder-7b")),  # a named model first, then its category's list
     ("Qwen/Coder-7B", None, "code", ("Qwen/Coder-7B",)),  # a served alias names one model
     ("small", None, "default", ("small",)),
-    (None, None, "default", ("small",)),
+    (None, "code", "code", ("coder-7b", "coder-1b")),  # the header alone names the category
     ("orchestration", None, "orchestration", ()),  # cloud_only: never a local model
 ])
 def test_model_alias_category_and_header_resolve_to_a_route(model, header, category, models):
@@ -94,8 +100,45 @@ def test_only_ready_endpoints_not_ejected_with_room_and_context_are_planned():
     ]
     loads = {"ejected": Load(ejected=True), "full": Load(in_flight=2 + 4)}  # capacity + max_queue_depth
     route = resolve(TABLE, records, "code", None)
-    assert ids(plan(route, TABLE, records, loads, prompt_tokens=100)) == ["ok"]
-    assert ids(plan(route, TABLE, records, loads, prompt_tokens=99)) == ["short", "ok"]
+    assert ids(plan(route, TABLE, records, loads, prompt=PromptSize(100, 400))) == ["ok"]
+    assert ids(plan(route, TABLE, records, loads, prompt=PromptSize(20, 99))) == ["short", "ok"]
+
+
+def test_without_a_model_a_request_is_refused_unless_the_table_names_a_default():
+    with pytest.raises(MissingModel, match="you must provide a model parameter"):
+        resolve(TABLE, RECORDS, None, None)
+    with pytest.raises(MissingModel):
+        resolve(TABLE, RECORDS, "", None)
+    explicit = Routing.model_validate({**TABLE.model_dump(), "default_target": "category:code"})
+    assert resolve(explicit, RECORDS, None, None).category.name == "code"
+    with pytest.raises(ValueError, match="default_target 'category:nope' names no category"):
+        Routing.model_validate({**TABLE.model_dump(), "default_target": "category:nope"})
+
+
+def test_a_prompt_fits_by_byte_bounds_when_they_decide_and_by_the_engines_count_otherwise():
+    short = ep("short", "coder-1b", max_model_len=100)
+    assert fits(short, PromptSize(low=100, high=500), {}) is False  # even at 4 bytes a token it is too long
+    assert fits(short, PromptSize(low=10, high=99), {}) is True  # even at 1 byte a token it fits
+    assert fits(short, PromptSize(low=30, high=150), {}) is None  # only its tokenizer can tell
+    assert fits(short, PromptSize(low=30, high=150), {"short": 120}) is False
+    assert fits(short, PromptSize(low=30, high=150), {"short": 99}) is True
+    assert fits(ep("open", "small", max_model_len=None), PromptSize(10**6, 10**7), {}) is True
+
+
+def test_a_prompt_too_long_for_every_ready_endpoint_is_the_clients_mistake_with_the_limit_and_count():
+    records = [ep("a", "coder-7b", max_model_len=100), ep("b", "coder-1b", max_model_len=200),
+               ep("later", "coder-1b", max_model_len=10_000, state=EndpointState.STARTING)]
+    route = resolve(TABLE, records, "code", None)
+    huge = PromptSize(low=300, high=1300)
+    verdict = too_long(route, records, huge, {})
+    assert verdict is not None and (verdict.limit, verdict.tokens) == (200, "at least 300")
+    assert "maximum context length is 200 tokens" in verdict.message() and "at least 300" in verdict.message()
+    middling = PromptSize(low=150, high=700)
+    assert [r.id for r in undecided(route, records, middling, {})] == ["b"]  # `a` is decided: too short
+    assert too_long(route, records, middling, {}) is None  # `b` may take it
+    assert too_long(route, records, middling, {"b": 250}).tokens == "250"
+    assert too_long(route, records, middling, {"b": 150}) is None
+    assert too_long(route, [], huge, {}) is None  # nothing ready is an outage (503), not the client's mistake
 
 
 def test_the_cloud_is_used_only_for_providers_whose_key_is_set_and_maps_models():
@@ -119,11 +162,14 @@ def test_equal_loads_rotate_so_sequential_requests_spread():
     assert firsts == {"a", "b", "c"}
 
 
-def test_prompt_estimate_counts_chat_content_prompts_and_inputs():
-    assert estimate_prompt_tokens({"messages": [{"role": "user", "content": "x" * 400}]}) == 100
-    assert estimate_prompt_tokens({"prompt": ["ab" * 200, "cd" * 200]}) == 200
-    assert estimate_prompt_tokens({"input": "y" * 40, "model": "z" * 4000}) == 10
-    assert estimate_prompt_tokens({"messages": [{"content": [{"type": "text", "text": "w" * 8}]}]}) == 2
+def test_prompt_bounds_count_chat_content_prompts_and_inputs_and_the_text_is_what_a_tokenizer_sees():
+    chat = {"messages": [{"role": "user", "content": "x" * 400}]}
+    assert prompt_size(chat) == PromptSize(100, 400 + 16 + 16)  # a template's tokens per message and per request
+    assert prompt_size({"prompt": ["ab" * 200, "cd" * 200]}).low == 200
+    assert prompt_size({"input": "y" * 40, "model": "z" * 4000}).low == 10
+    multi = {"messages": [{"role": "system", "content": "be brief"},
+                          {"role": "user", "content": [{"type": "text", "text": "w" * 8}]}]}
+    assert prompt_size(multi).low == 4 and prompt_text(multi) == "be brief\n" + "w" * 8
 
 
 @pytest.mark.parametrize("name", ["default.yaml", "local.yaml"])

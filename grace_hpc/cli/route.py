@@ -25,12 +25,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_key_store(p)
     add_ledger(p, off=True)
     p.add_argument("--metrics-need-key", action="store_true", help="GET /metrics needs a router key too")
+    p.add_argument("--access-log", type=Path, metavar="FILE",
+                   help="append one JSON line per request to FILE (request id, category, model, server, status, "
+                        "latency, tokens; never prompts or keys); off by default")
     p.add_argument("--print-url", action="store_true", help="print the URL on stdout once listening (for scripts)")
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from grace_hpc.fleet.demand import DemandFile
+    from grace_hpc.logging_setup import configure_logging
     from grace_hpc.registry.store import Registry
     from grace_hpc.router import create_app, run_router
     from grace_hpc.router.auth import client_keys, require_keys_off_loopback
@@ -39,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from grace_hpc.router.models_api import add_models_api
     from grace_hpc.router.users import open_users
 
+    configure_logging()
     config = config_dir(args)
     routing = config.routing(args.routing)
     cluster = config.cluster()
@@ -53,6 +58,9 @@ def run(args: argparse.Namespace) -> int:
                      demand_file=DemandFile(registry.path.parent))  # what `fleet run` scales by
     use_jobs(app, ManifestJobs(config, cluster))  # the dashboard's fleet panel: manifests and SLURM
     add_models_api(app, config)  # the workbench: /api/models (the dashboard's Models page)
+    require_keys_off_loopback(args.host, keys)
+    app = create_app(routing, registry, client_keys=keys, stale_after_s=cluster.stale_after_s,
+                     access_log=args.access_log)
 
     def listening(url: str) -> None:
         if args.print_url:

@@ -23,9 +23,11 @@ def run(args: argparse.Namespace) -> int:
     from grace_hpc.errors import ConfigError
     from grace_hpc.launch.launcher import plan_deployment
     from grace_hpc.launch.specs import serve_spec
+    from grace_hpc.logging_setup import configure_logging
     from grace_hpc.registry.store import Registry
     from grace_hpc.serve.supervisor import Supervisor
 
+    configure_logging()
     config = config_dir(args)
     cluster, catalog = config.cluster(), config.catalog()
     deployment = config.deployment(args.deployment)

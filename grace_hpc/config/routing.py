@@ -43,12 +43,21 @@ class Routing(Frozen):
     connect_timeout_s: float = Field(default=2.0, gt=0)
     read_timeout_s: float = Field(default=300.0, gt=0)
     max_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
+    #: one request's whole budget across failover attempts, up to its answer's first byte (streams then run on
+    #: `read_timeout_s` between bytes)
+    request_deadline_s: float = Field(default=600.0, gt=0)
+    #: what a request without `model` is routed to (a category, `category:NAME` or a model name); unset: such a
+    #: request is a 400, as on OpenAI's API, rather than silently served by some model
+    default_target: str | None = Field(default=None, min_length=1)
 
     @model_validator(mode="after")
     def _refs(self) -> Routing:
         names = [c.name for c in self.categories]
         if "default" not in names:
             raise ValueError(f"a 'default' category is required (have {names})")
+        if self.default_target and self.default_target.startswith("category:") and \
+                self.default_target.removeprefix("category:") not in names:
+            raise ValueError(f"default_target {self.default_target!r} names no category; categories: {names}")
         providers = {p.name for p in self.cloud}
         for c in self.categories:
             missing = [p for p in c.cloud if p not in providers]

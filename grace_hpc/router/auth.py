@@ -5,6 +5,7 @@ Keys are never logged, never put in an error message and never returned to a cli
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import ipaddress
 import os
@@ -72,21 +73,35 @@ def authorized(keys: frozenset[str], authorization: str | None) -> bool:
 
 @dataclass
 class UpstreamKeys:
-    """Endpoint keys read from each record's `api_key_file`, cached until the file changes (one stat a request)."""
+    """Endpoint keys from each record's `api_key_file`, cached; no file is touched on the event loop.
+
+    A key not yet cached is read in a worker thread; `refresh()` (run in a worker thread by the registry watch,
+    once a poll) re-reads the files whose mtime or size changed, so a rotated key is picked up within a second."""
 
     cache: dict[str, tuple[tuple[int, int], str]] = field(default_factory=dict)
 
-    def get(self, key_file: str | None) -> str | None:
+    async def get(self, key_file: str | None) -> str | None:
         if key_file is None:
             return None
+        hit = self.cache.get(key_file)
+        return hit[1] if hit is not None else await asyncio.to_thread(self.load, key_file)
+
+    def load(self, key_file: str) -> str:
+        """Read (blocking) and cache one key file."""
         try:
             st = os.stat(key_file)
         except OSError as exc:
             raise RegistryError(f"{key_file}: cannot read API key file ({exc.strerror})") from exc
-        stamp = (st.st_mtime_ns, st.st_size)
-        hit = self.cache.get(key_file)
-        if hit is not None and hit[0] == stamp:
-            return hit[1]
         key = read_key_file(key_file)
-        self.cache[key_file] = (stamp, key)
+        self.cache[key_file] = ((st.st_mtime_ns, st.st_size), key)
         return key
+
+    def refresh(self) -> None:
+        """Re-read (blocking) every cached file that changed; drop those that went away."""
+        for key_file, (stamp, _) in list(self.cache.items()):
+            try:
+                st = os.stat(key_file)
+                if (st.st_mtime_ns, st.st_size) != stamp:
+                    self.load(key_file)
+            except (OSError, RegistryError):
+                self.cache.pop(key_file, None)  # the next request reads it again and reports why it cannot

@@ -28,7 +28,7 @@ from grace_hpc.router.fleet_jobs import CachedJobs, JobsSource
 from grace_hpc.router.samples import BUCKET_S
 
 if TYPE_CHECKING:
-    from grace_hpc.router.app import RouterState
+    from grace_hpc.router.state import RouterState
 
 #: how often the page polls /api/dashboard; the fleet's jobs are re-read at most every fleet_jobs.JOBS_TTL_S
 REFRESH_S = 2.0

@@ -72,6 +72,12 @@ class HealthBook:
         entry.failures = 0
         entry.cooldown_until = 0.0
 
+    def cooling(self, endpoint_id: str) -> bool:
+        """Ejected and its cooldown not over: for upstreams no probe can test (cloud providers), the first request
+        after the cooldown is the probe."""
+        entry = self.entries.get(endpoint_id)
+        return entry is not None and entry.ejected and entry.cooldown_until > self.clock()
+
     def due_probes(self) -> list[str]:
         now = self.clock()
         return [k for k, v in self.entries.items() if v.ejected and v.cooldown_until <= now]

@@ -45,6 +45,7 @@ class Metrics:
     fallbacks: dict[Labels, int] = field(default_factory=lambda: defaultdict(int))
     ejections: dict[Labels, int] = field(default_factory=lambda: defaultdict(int))
     tokens: dict[Labels, int] = field(default_factory=lambda: defaultdict(int))
+    client_disconnects: dict[Labels, int] = field(default_factory=lambda: defaultdict(int))
     latency: dict[Labels, Histogram] = field(default_factory=lambda: defaultdict(Histogram))
 
     def request(self, route: str, category: str, served_by: str, status: int, seconds: float) -> None:
@@ -54,6 +55,10 @@ class Metrics:
 
     def error(self, kind: str, status: int) -> None:
         self.errors[(("kind", kind), ("status", str(status)))] += 1
+
+    def client_disconnect(self, route: str, served_by: str) -> None:
+        """The client hung up before its answer was complete (never counted as an upstream error)."""
+        self.client_disconnects[(("route", route), ("served_by", served_by))] += 1
 
     def fallback(self, category: str, reason: str, to: str) -> None:
         self.fallbacks[(("category", category), ("reason", reason), ("to", to))] += 1
@@ -79,6 +84,9 @@ class Metrics:
                  self.fallbacks.items())
         _counter(out, "grace_router_ejections_total", "Times an endpoint was ejected after a failure.",
                  self.ejections.items())
+        _counter(out, "grace_router_client_disconnects_total",
+                 "Clients that hung up before their answer was complete, by route and the upstream serving it.",
+                 self.client_disconnects.items())
         _counter(out, "grace_router_tokens_total", "Tokens reported in upstream `usage`.", self.tokens.items())
         out.append("# HELP grace_router_in_flight Requests in flight per endpoint.")
         out.append("# TYPE grace_router_in_flight gauge")

@@ -23,8 +23,8 @@ from aiohttp import web
 
 from grace_hpc.config.loader import ConfigDir
 from grace_hpc.errors import ConfigError, GraceError
-from grace_hpc.router.app import STATE
 from grace_hpc.router.errors import error_response
+from grace_hpc.router.state import STATE
 from grace_hpc.workbench import Overrides, add_entry, describe, entry_from_cache, entry_from_page_or_cache
 
 __all__ = ["add_models_api"]

@@ -4,6 +4,7 @@ No sockets, no clock reads, no environment: everything arrives as arguments, so 
 
     resolve()  - the request's `model` / `X-Grace-Category` -> a Route (category + ordered local models)
     plan()     - a Route -> the ordered attempts: endpoints of model 1 (least loaded first), of model 2, ..., clouds
+    fits(), too_long(), undecided() - whether a prompt fits an endpoint's context, by byte bounds or exact counts
 """
 
 from __future__ import annotations
@@ -34,6 +35,13 @@ class UnknownTarget(LookupError):
             f"unknown model or category {self.name!r}; categories: {', '.join(self.categories)}; "
             f"models: {', '.join(self.models) or 'none live'} (use `category:NAME` or a model name)"
         )
+
+
+class MissingModel(ValueError):
+    """The request names no model and the routing table names no `default_target`."""
+
+    MESSAGE = ("you must provide a model parameter (a model name, a category or `category:NAME`; see GET /v1/models),"
+               " or send the X-Grace-Category header")
 
 
 @dataclass(frozen=True)
@@ -115,6 +123,7 @@ def resolve(
     known: Collection[str] | None = None,
 ) -> Route:
     """Category by header, `category:NAME` or a bare category name; else a model name or alias; else UnknownTarget.
+    No `model` (and no header): the table's `default_target`, else MissingModel.
 
     A named model is tried first and then, only if the client also named a category, that category's models;
     the cloud providers are the category's (the first category listing the model, else `default`)."""
@@ -132,11 +141,15 @@ def resolve(
         if model and not model.startswith(CATEGORY_PREFIX) and model not in cat_names and model in known:
             return Route(category, _dedupe((model, *category.models)), model)
         return Route(category, () if category.cloud_only else category.models, None)
-    name = (model or "default").removeprefix(CATEGORY_PREFIX)
+    if not model:
+        if routing.default_target is None:
+            raise MissingModel(MissingModel.MESSAGE)
+        model = routing.default_target
+    name = model.removeprefix(CATEGORY_PREFIX)
     if name in cat_names:
         category = routing.category(name)
         return Route(category, () if category.cloud_only else category.models, None)
-    if model is not None and model.startswith(CATEGORY_PREFIX):
+    if model.startswith(CATEGORY_PREFIX):
         raise unknown(model)
     if name in known:
         catalog_names = {name} | {r.model for r in records if r.served_model_name == name}
@@ -152,7 +165,8 @@ def plan(
     records: Sequence[EndpointRecord],
     loads: Mapping[str, LoadView],
     *,
-    prompt_tokens: int = 0,
+    prompt: PromptSize | None = None,
+    counted: Mapping[str, int] | None = None,
     cloud_ready: Sequence[str] = (),
     rotation: int = 0,
     stale_before: float | None = None,
@@ -160,16 +174,19 @@ def plan(
     """The attempts for one request, best first.
 
     Local: for each model in order, its `ready` endpoints that are neither ejected nor `stale` (no heartbeat since
-    `stale_before`), whose context fits the prompt and whose queue is not over `max_queue_depth`, least outstanding
-    requests per unit of `weights()` first (ties rotate with `rotation`, so sequential requests spread too). Then the
+    `stale_before`), whose context may fit the prompt (`fits` is not False) and whose queue is not over
+    `max_queue_depth`, least outstanding requests per unit of `weights()` first (ties rotate with `rotation`, so
+    sequential requests spread too). Then the
     category's cloud providers whose key is set (`cloud_ready`): reached only when every local attempt failed, was
     filtered out, or the category is cloud-only."""
+    prompt, counted = prompt or EMPTY_PROMPT, counted or {}
     attempts: list[Attempt] = []
     seen: set[str] = set()  # an endpoint serving two listed names (model and alias) is tried once
     for model in route.models:
         eligible = [
             r for r in records
-            if serves(r, model) and _routable(r, loads.get(r.id, IDLE), routing, prompt_tokens, stale_before)
+            if serves(r, model) and _routable(r, loads.get(r.id, IDLE), routing, stale_before)
+            and fits(r, prompt, counted) is not False
         ]
         if len(eligible) > 1:
             k = rotation % len(eligible)
@@ -195,36 +212,105 @@ def cloud_model(provider: CloudProvider, route: Route) -> str:
     return provider.default_model
 
 
-def estimate_prompt_tokens(body: Mapping[str, object]) -> int:
-    """A cheap lower bound on the prompt's tokens (~4 UTF-8 bytes per token for English BPE vocabularies).
+@dataclass(frozen=True)
+class PromptSize:
+    """Certain bounds on a request's prompt tokens, from its UTF-8 bytes alone.
 
-    Used only to skip endpoints whose `max_model_len` is certainly too short; an underestimate lets the engine
-    answer 400 itself, which is passed through."""
-    total = 0
-    for key in ("prompt", "input", "messages"):
-        total += _text_len(body.get(key))
-    return total // 4
+    `low`: ~4 bytes per token is the best English BPE vocabularies do, so no tokenizer needs fewer. `high`: a
+    byte-level BPE (Llama 3, Qwen, GPT-2 family) or a byte-fallback SentencePiece (Llama 2, Mistral) never needs
+    more than one token a byte, plus what a chat template adds around each message."""
 
+    low: int = 0
+    high: int = 0
 
-def _text_len(value: object) -> int:
-    total, stack = 0, [value]
-    while stack:  # iterative: a client controls the nesting depth
-        item = stack.pop()
-        if isinstance(item, str):
-            total += len(item.encode("utf-8", "surrogatepass"))
-        elif isinstance(item, Mapping):
-            stack.extend(v for k, v in item.items() if k in ("content", "text"))
-        elif isinstance(item, list):
-            stack.extend(item)
-    return total
+    @property
+    def bytes_only(self) -> str:
+        return f"at least {self.low}"
 
 
-def _routable(
-    record: EndpointRecord, load: LoadView, routing: Routing, prompt_tokens: int, stale_before: float | None
-) -> bool:
-    if record.state is not EndpointState.READY or load.ejected or stale(record, stale_before):
+EMPTY_PROMPT = PromptSize()
+#: tokens a chat template may add per message (role headers, separators) and per request (BOS, generation prompt)
+TEMPLATE_TOKENS_PER_MESSAGE = 16
+TEMPLATE_TOKENS_PER_REQUEST = 16
+
+
+def prompt_size(body: Mapping[str, object]) -> PromptSize:
+    """The bounds for a chat, completion or embedding body (`messages`, `prompt`, `input`)."""
+    size = sum(len(t.encode("utf-8", "surrogatepass")) for t in _texts(body))
+    messages = body.get("messages")
+    n = len(messages) if isinstance(messages, list) else 0
+    return PromptSize(size // 4, size + TEMPLATE_TOKENS_PER_MESSAGE * n + TEMPLATE_TOKENS_PER_REQUEST)
+
+
+def prompt_text(body: Mapping[str, object]) -> str:
+    """The request's text (message contents, prompt or input) joined by newlines: what a tokenizer counts."""
+    return "\n".join(_texts(body))
+
+
+def _texts(body: Mapping[str, object]) -> list[str]:
+    parts: list[str] = []
+    for key in ("messages", "prompt", "input"):
+        stack = [body.get(key)]
+        while stack:  # iterative: a client controls the nesting depth
+            item = stack.pop()
+            if isinstance(item, str):
+                parts.append(item)
+            elif isinstance(item, Mapping):
+                stack.extend(v for k, v in item.items() if k in ("content", "text"))
+            elif isinstance(item, list):
+                stack.extend(reversed(item))
+    return parts
+
+
+def fits(record: EndpointRecord, prompt: PromptSize, counted: Mapping[str, int]) -> bool | None:
+    """Whether the prompt fits the endpoint's `max_model_len`: exactly when its tokenizer counted it (`counted`, by
+    endpoint id), else by the byte bounds; None when only the engine's tokenizer can tell."""
+    limit = record.plan.max_model_len
+    if limit is None:
+        return True
+    if record.id in counted:
+        return counted[record.id] < limit
+    if prompt.low >= limit:
         return False
-    if record.plan.max_model_len is not None and prompt_tokens >= record.plan.max_model_len:
+    return True if prompt.high < limit else None
+
+
+def undecided(route: Route, records: Sequence[EndpointRecord], prompt: PromptSize, counted: Mapping[str, int],
+              stale_before: float | None = None) -> list[EndpointRecord]:
+    """Ready endpoints of the route whose fit only their tokenizer can decide (to count on before planning)."""
+    maybe = [r for r in records if fits(r, prompt, counted) is None]  # cheapest test first: usually empty
+    return _candidates(route, maybe, stale_before) if maybe else []
+
+
+@dataclass(frozen=True)
+class TooLong:
+    limit: int  # the largest context among the candidates
+    tokens: str  # the count, or "at least N" from the byte bound
+
+    def message(self) -> str:
+        return (f"This model's maximum context length is {self.limit} tokens. However, your request has "
+                f"{self.tokens} prompt tokens. Please reduce the length of the messages or prompt.")
+
+
+def too_long(route: Route, records: Sequence[EndpointRecord], prompt: PromptSize, counted: Mapping[str, int],
+             stale_before: float | None = None) -> TooLong | None:
+    """When the prompt certainly exceeds every ready endpoint of the route: the client's mistake (HTTP 400,
+    `context_length_exceeded`), not an outage. None when some endpoint may take it, or none is ready at all."""
+    candidates = _candidates(route, records, stale_before)
+    if not candidates or any(fits(r, prompt, counted) is not False for r in candidates):
+        return None
+    exact = [counted[r.id] for r in candidates if r.id in counted]
+    return TooLong(max(r.plan.max_model_len or 0 for r in candidates),
+                   str(max(exact)) if exact else prompt.bytes_only)
+
+
+def _candidates(route: Route, records: Sequence[EndpointRecord], stale_before: float | None) -> list[EndpointRecord]:
+    return [r for r in records if r.state is EndpointState.READY and not stale(r, stale_before)
+            and any(serves(r, m) for m in route.models)]
+
+
+def _routable(record: EndpointRecord, load: LoadView, routing: Routing, stale_before: float | None) -> bool:
+    if record.state is not EndpointState.READY or load.ejected or stale(record, stale_before):
         return False
     return load.in_flight < capacity(record) + routing.max_queue_depth
 

@@ -25,7 +25,11 @@ def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
 
 async def _start(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, str]:
     # access_log=None: one log line per request costs more than routing it, and logs would carry client addresses
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    # (the router's own JSON access log is opt-in, access_log.py). handler_cancellation: a client that hangs up
+    # cancels its handler at once, which closes the upstream request; aiohttp's docs recommend it for servers
+    # that scale ("Peer disconnection", docs.aiohttp.org/en/stable/web_advanced.html). Off, a hang-up is only
+    # noticed at the next write.
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, handler_cancellation=True)
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=1024)
     try:

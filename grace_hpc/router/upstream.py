@@ -1,35 +1,32 @@
 """One upstream call: POST the body to an endpoint or cloud provider and relay its answer.
 
-The outcome is either a finished response for the client, or an `UpstreamFailure` raised *before a byte reached
-the client*, which the caller may retry elsewhere. Failures are connection errors, timeouts and 5xx; 4xx answers
-are the client's problem and pass through. A stream that breaks after its first byte ends with an SSE error
-event (LiteLLM #40404: no fallback once streaming started; production-stack #749: hanging on a dead backend).
+Two sides, never confused: reading the *upstream* can fail (`UpstreamFailure`, raised only before a byte reached
+the client, so the caller may try elsewhere; or `Relayed.broke_mid_stream` after), and writing to the *client* can
+fail because the client hung up (`Relayed.client_gone`: nobody's fault, nothing is retried). aiohttp's
+`ClientConnectionResetError` ("Cannot write to closing transport") is both a `ClientError` and a
+`ConnectionResetError`, so the side is told by *which call* raised, not by the exception's type. When the server
+runs with handler cancellation (serve.py) a hang-up usually arrives as `CancelledError` instead; either way the
+upstream response is closed at once, which makes vLLM and llama.cpp abort the generation.
+
+A stream that breaks after its first byte ends with an SSE error event (LiteLLM #40404: no fallback once
+streaming started; production-stack #749: hanging on a dead backend).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
 
+from grace_hpc.router.failures import FailureKind, UpstreamFailure, classify_status
+
 # Only Content-Type (and our X-Grace-* provenance headers) reach the client: hop-by-hop and length headers are the
 # server's business (RFC 9110 section 7.6.1), and an upstream's server banner or cookies are nobody's.
 _DECODER = json.JSONDecoder()
-
-
-class UpstreamFailure(Exception):
-    """The upstream could not answer; nothing was sent to the client yet.
-
-    `http_status` is set when the upstream did answer, with a 5xx: that may be one bad request rather than a bad
-    server, so the health book ejects only after several in a row (Envoy's outlier detection does the same)."""
-
-    def __init__(self, message: str, timeout: bool = False, http_status: int | None = None) -> None:
-        super().__init__(message)
-        self.timeout = timeout
-        self.http_status = http_status
 
 
 @dataclass(frozen=True)
@@ -49,11 +46,20 @@ class Target:
 
 
 @dataclass
+class StreamProgress:
+    """Shared with the caller, so it is known even when the handler is cancelled mid-write: whether the client
+    already has the whole answer (`data: [DONE]`), after which its hang-up is an ordinary end, not a disconnect."""
+
+    answered: bool = False
+
+
+@dataclass
 class Relayed:
     response: web.StreamResponse
     status: int
     usage: object = None
-    broke_mid_stream: str | None = None  # error text when a stream failed after its first byte
+    broke_mid_stream: str | None = None  # error text when the upstream failed after the first byte
+    client_gone: bool = False  # the client hung up while the answer was being written
 
 
 def sse_error(message: str) -> bytes:
@@ -62,17 +68,12 @@ def sse_error(message: str) -> bytes:
     return b"data: " + json.dumps(body).encode() + b"\n\ndata: [DONE]\n\n"
 
 
-def _headers(target: Target) -> dict[str, str]:
-    headers = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
-    if target.api_key:
-        headers["Authorization"] = f"Bearer {target.api_key}"
-    return headers
-
-
 def _describe(exc: BaseException) -> str:
     # aiohttp messages name host:port and the OS error, never request headers, so no key can leak through them
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return "connect timed out (connect_timeout_s)"
     if isinstance(exc, asyncio.TimeoutError):
-        return "timed out"
+        return "timed out: no byte within read_timeout_s"
     return f"{type(exc).__name__}: {exc}"[:300]
 
 
@@ -83,29 +84,65 @@ async def relay(
     payload: bytes,
     stream: bool,
     timeout: aiohttp.ClientTimeout,
+    deadline: float,
+    headers: Mapping[str, str],
+    progress: StreamProgress,
 ) -> Relayed:
-    """Send `payload`; return the client response already written, or raise UpstreamFailure (nothing written)."""
+    """Send `payload`; return the client's response (already written when streamed), or raise UpstreamFailure
+    with nothing written. `deadline` (event-loop time) bounds everything up to the first byte for the client."""
+    guard = asyncio.timeout_at(deadline)
     try:
-        resp = await session.post(target.url, data=payload, headers=_headers(target), timeout=timeout)
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-        raise UpstreamFailure(f"{target.served_by}: {_describe(exc)}", isinstance(exc, asyncio.TimeoutError)) from exc
-    try:
-        if resp.status >= 500:
-            text = (await resp.text(errors="replace"))[:200]
-            raise UpstreamFailure(f"{target.served_by}: HTTP {resp.status} {text}", http_status=resp.status)
-        content_type = resp.headers.get("Content-Type", "")
-        if stream and resp.status == 200 and content_type.startswith("text/event-stream"):
-            return await _relay_stream(request, resp, target)
-        body = await resp.read()
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-        raise UpstreamFailure(f"{target.served_by}: {_describe(exc)}", isinstance(exc, asyncio.TimeoutError)) from exc
-    finally:
-        resp.release()
-    out = web.Response(body=body, status=resp.status)
+        async with guard:
+            resp = await _post(session, target, payload, _headers(target, headers), timeout)
+            try:
+                kind = classify_status(resp.status)
+                if kind is not None:  # the upstream's text stays here: it may quote a key or a traceback
+                    raise UpstreamFailure(f"{target.served_by}: HTTP {resp.status}", kind, resp.status)
+                content_type = resp.headers.get("Content-Type", "")
+                if stream and resp.status == 200 and content_type.startswith("text/event-stream"):
+                    first = await resp.content.readany()
+                    if not first:
+                        raise UpstreamFailure(f"{target.served_by}: stream closed before its first byte",
+                                              FailureKind.UNREACHABLE)
+                else:
+                    body = await resp.read()
+            except BaseException:
+                resp.close()
+                raise
+    except UpstreamFailure:
+        raise
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        if guard.expired():
+            raise UpstreamFailure(f"{target.served_by}: the request's deadline passed", FailureKind.DEADLINE) from exc
+        kind = FailureKind.TIMEOUT if isinstance(exc, asyncio.TimeoutError) else FailureKind.UNREACHABLE
+        raise UpstreamFailure(f"{target.served_by}: {_describe(exc)}", kind) from exc
+    if stream and resp.status == 200 and content_type.startswith("text/event-stream"):
+        return await _relay_stream(request, resp, first, target, headers, progress)
+    resp.release()
+    out = web.Response(body=body, status=resp.status, headers=headers)
     out.headers["Content-Type"] = content_type or "application/json"
     out.headers.update(target.provenance())
     usage = _usage(body) if resp.status == 200 and content_type.startswith("application/json") else None
     return Relayed(out, resp.status, usage)
+
+
+async def _post(session: aiohttp.ClientSession, target: Target, payload: bytes, headers: dict[str, str],
+                timeout: aiohttp.ClientTimeout) -> aiohttp.ClientResponse:
+    """POST, once more when the server closed the connection before any answer: a pooled keep-alive connection
+    the engine closed as it was reused never delivered the request (RFC 9112 section 9.3.1). aiohttp retries that
+    only for idempotent methods; generation has no side effects, so a POST may be sent again. A server that
+    really went away refuses the second connection, which counts against it as usual."""
+    try:
+        return await session.post(target.url, data=payload, headers=headers, timeout=timeout)
+    except aiohttp.ServerDisconnectedError:
+        return await session.post(target.url, data=payload, headers=headers, timeout=timeout)
+
+
+def _headers(target: Target, extra: Mapping[str, str]) -> dict[str, str]:
+    headers = {"Content-Type": "application/json", "Accept-Encoding": "identity", **extra}
+    if target.api_key:
+        headers["Authorization"] = f"Bearer {target.api_key}"
+    return headers
 
 
 def _usage(body: bytes) -> object:
@@ -121,32 +158,49 @@ def _usage(body: bytes) -> object:
     return value
 
 
-async def _relay_stream(request: web.Request, resp: aiohttp.ClientResponse, target: Target) -> Relayed:
-    first = await resp.content.readany()  # a failure here is still before the first byte: retryable
-    if not first:
-        raise UpstreamFailure(f"{target.served_by}: stream closed before its first byte")
-    out = web.StreamResponse(status=200)
+async def _relay_stream(
+    request: web.Request, resp: aiohttp.ClientResponse, first: bytes, target: Target, headers: Mapping[str, str],
+    progress: StreamProgress,
+) -> Relayed:
+    out = web.StreamResponse(status=200, headers=headers)
     out.headers["Content-Type"] = resp.headers.get("Content-Type", "text/event-stream")
     out.headers["Cache-Control"] = "no-cache"
     out.headers.update(target.provenance())
-    await out.prepare(request)
     relayed = Relayed(out, 200)
-    chunk = first
-    while chunk:
-        try:
-            await out.write(chunk)  # waits for the client to drain: backpressure reaches the upstream socket
-        except ConnectionError:  # the client went away: stop reading the upstream, free its slot
-            resp.close()
+    upstream_done = False
+    try:
+        if not await _to_client(out.prepare(request)):
+            relayed.client_gone = True
             return relayed
-        try:
-            chunk = await resp.content.readany()
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            relayed.broke_mid_stream = _describe(exc)
-            try:
-                message = f"upstream {target.served_by} failed mid-stream ({relayed.broke_mid_stream})"
-                await out.write(sse_error(message))
-            except ConnectionError:
+        chunk = first
+        while chunk:
+            if not await _to_client(out.write(chunk)):  # waits for the client to drain: backpressure upstream
+                relayed.client_gone = True
                 return relayed
-            break
-    await out.write_eof()
-    return relayed
+            progress.answered = chunk.rstrip().endswith(b"data: [DONE]")
+            try:
+                chunk = await resp.content.readany()
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                relayed.broke_mid_stream = _describe(exc)
+                message = f"upstream {target.served_by} failed mid-stream ({relayed.broke_mid_stream})"
+                ended = await _to_client(out.write(sse_error(message))) and await _to_client(out.write_eof())
+                relayed.client_gone = not ended
+                return relayed
+        upstream_done = progress.answered = True
+        await _to_client(out.write_eof())  # a client that closes after the last event has its whole answer
+        return relayed
+    finally:
+        if upstream_done:
+            resp.release()
+        else:  # drop the connection: vLLM and llama.cpp stop generating for a request whose socket closed
+            resp.close()
+
+
+async def _to_client(write: Awaitable[object]) -> bool:
+    """Await one write to the client; False when the client has gone (aiohttp raises ConnectionResetError, or its
+    ClientConnectionResetError subclass "Cannot write to closing transport")."""
+    try:
+        await write
+    except ConnectionError:
+        return False
+    return True

@@ -106,7 +106,7 @@ class Upstream:
                 if resp.status not in RETRYABLE_STATUS:
                     raise UpstreamError(f"{what} failed: {last}")
                 return last
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             return f"{type(exc).__name__}: {exc}"
 
     async def backoff(self, attempt: int) -> None:

@@ -1,13 +1,19 @@
-"""Helpers for the router tests: registry records for real servers, key files, a canned upstream, a router."""
+"""Helpers for the router tests: registry records for real servers, key files, a router, and real HTTP servers
+standing in for engines and cloud providers (a canned answer, a scripted status, a slow SSE stream)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import socket
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import requests
 from aiohttp import web
 
 from grace_hpc.config.routing import Routing
@@ -45,13 +51,13 @@ def routing(data: dict) -> Routing:
 @contextmanager
 def router(routing_table: Routing, registry_path: Path, records: list[EndpointRecord], *,
            environ: dict[str, str] | None = None, client_keys: frozenset[str] = frozenset(),
-           poll_interval_s: float = 0.1, stale_after_s: float = 90.0) -> Iterator[str]:
+           poll_interval_s: float = 0.1, stale_after_s: float = 90.0, access_log: Path | None = None) -> Iterator[str]:
     """A real router on 127.0.0.1 over a real registry (written through `Registry`); yields its base URL."""
     registry = Registry(registry_path)
     for r in records:
         registry.register(r)
-    app = create_app(routing_table, registry, environ=environ or {},
-                     client_keys=client_keys, poll_interval_s=poll_interval_s, stale_after_s=stale_after_s)
+    app = create_app(routing_table, registry, environ=environ or {}, client_keys=client_keys,
+                     poll_interval_s=poll_interval_s, stale_after_s=stale_after_s, access_log=access_log)
     with serve_in_thread(app) as url:
         yield f"{url}/v1"
 
@@ -81,3 +87,101 @@ def canned_upstream(api_key: str | None = None, port: int = 0) -> Iterator[str]:
     app.router.add_get("/v1/models", models)
     with serve_in_thread(app, port=port) as url:
         yield f"{url}/v1"
+
+
+Answer = Callable[[web.Request, int], Awaitable[web.StreamResponse]]
+
+
+@dataclass
+class Standin:
+    """A real HTTP server standing in for an engine or a cloud provider: `answer(request, n)` answers its n-th
+    POST (from 0); `hits` counts them; `closed` is set when a stream it was writing lost its client (the router)."""
+
+    url: str
+    hits: list[str] = field(default_factory=list)
+    closed: threading.Event = field(default_factory=threading.Event)
+
+
+@contextmanager
+def standin_upstream(answer: Answer) -> Iterator[Standin]:
+    box: list[Standin] = []
+
+    async def post(request: web.Request) -> web.StreamResponse:
+        standin = box[0]
+        n = len(standin.hits)
+        standin.hits.append(request.path)
+        await request.read()
+        try:
+            return await answer(request, n)
+        except (asyncio.CancelledError, ConnectionError):
+            standin.closed.set()  # the router dropped the connection: the engine would stop generating here
+            raise
+
+    async def models(request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": "standin", "object": "model"}]})
+
+    app = web.Application()
+    app.router.add_post("/v1/{tail:.*}", post)
+    app.router.add_get("/v1/models", models)
+    with serve_in_thread(app) as url:
+        box.append(Standin(f"{url}/v1"))
+        yield box[0]
+
+
+def json_answer(status: int, body: dict) -> Answer:
+    async def answer(request: web.Request, n: int) -> web.StreamResponse:
+        return web.json_response(body, status=status)
+    return answer
+
+
+async def canned_answer(request: web.Request, n: int) -> web.StreamResponse:
+    return web.json_response(CANNED)
+
+
+def sse_answer(events: int, interval_s: float = 0.0, headers_after_s: float = 0.0) -> Answer:
+    """A chat completion stream of `events` one-word chunks, `interval_s` apart, then `[DONE]`; the response headers
+    only after `headers_after_s` (a slow prefill)."""
+
+    async def answer(request: web.Request, n: int) -> web.StreamResponse:
+        await asyncio.sleep(headers_after_s)
+        out = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await out.prepare(request)
+        for i in range(events):
+            chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "standin",
+                     "choices": [{"index": 0, "delta": {"content": f"w{i} "}, "finish_reason": None}]}
+            await out.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+            await asyncio.sleep(interval_s)
+        await out.write(b"data: [DONE]\n\n")
+        await out.write_eof()
+        return out
+
+    return answer
+
+
+def metric(base_url: str, name: str) -> float:
+    """The sum of a Prometheus counter over all its label sets, read from the router's /metrics."""
+    text = requests.get(base_url.removesuffix("/v1") + "/metrics", timeout=10).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name + "{") or line.startswith(name + " "))
+
+
+def raw_stream_request(url: str, body: dict, headers: dict[str, str] | None = None) -> socket.socket:
+    """POST `body` to the router's /v1/chat/completions over a plain socket (so a test can hang up anywhere)."""
+    host, port = url.removeprefix("http://").split("/")[0].split(":")
+    data = json.dumps(body).encode()
+    lines = "".join(f"{k}: {v}\r\n" for k, v in {"Host": "router", "Content-Type": "application/json",
+                                                  "Content-Length": str(len(data)), **(headers or {})}.items())
+    sock = socket.create_connection((host, int(port)), timeout=300)
+    sock.sendall(f"POST /v1/chat/completions HTTP/1.1\r\n{lines}\r\n".encode() + data)
+    return sock
+
+
+def read_until(sock: socket.socket, marker: bytes, count: int = 1) -> bytes:
+    """Everything received until `marker` was seen `count` times; the answer must be a 200."""
+    seen = b""
+    while seen.count(marker) < count:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed after {seen!r}"
+        seen += chunk
+        assert seen.startswith(b"HTTP/1.1 200"[:len(seen)]), seen
+    return seen
