@@ -330,5 +330,6 @@ def print_table(results: dict[str, dict], rates: list[float], ncpu: int) -> None
             print(f"grace-hpc vs {label}: {g['rps'] / o['rps']:.2f}x its max req/s, "
                   f"{g['cpu_us_per_request'] / o['cpu_us_per_request']:.2f}x its proxy CPU per request")
 
+
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -55,12 +55,10 @@ def run(args: argparse.Namespace) -> int:
     users = open_users(keys, key_store(args), ledger_target(args), metrics_need_key=args.metrics_need_key)
     require_keys_off_loopback(args.host, keys | frozenset(users.table.by_id))
     app = create_app(routing, registry, client_keys=keys, stale_after_s=cluster.stale_after_s, users=users,
-                     demand_file=DemandFile(registry.path.parent))  # what `fleet run` scales by
+                     demand_file=DemandFile(registry.path.parent),  # what `fleet run` scales by
+                     access_log=args.access_log)
     use_jobs(app, ManifestJobs(config, cluster))  # the dashboard's fleet panel: manifests and SLURM
     add_models_api(app, config)  # the workbench: /api/models (the dashboard's Models page)
-    require_keys_off_loopback(args.host, keys)
-    app = create_app(routing, registry, client_keys=keys, stale_after_s=cluster.stale_after_s,
-                     access_log=args.access_log)
 
     def listening(url: str) -> None:
         if args.print_url:
