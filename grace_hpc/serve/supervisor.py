@@ -26,6 +26,7 @@ import submitit
 
 from grace_hpc.config.cluster import LockMode
 from grace_hpc.errors import EngineError, RegistryError
+from grace_hpc.logging_setup import configure_logging
 from grace_hpc.registry.keys import key_path, new_api_key, write_key_file
 from grace_hpc.registry.records import EndpointRecord, EndpointState, PlanSummary
 from grace_hpc.registry.store import Registry
@@ -237,6 +238,7 @@ class ServerJob(submitit.helpers.Checkpointable):
         self._supervisor: Supervisor | None = None
 
     def __call__(self) -> dict[str, Any]:
+        configure_logging()  # a job launched through submitit never passes through `grace-hpc serve`'s CLI
         self._supervisor = Supervisor(self.spec)
         return self._supervisor.run()
 
