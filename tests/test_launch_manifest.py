@@ -4,6 +4,7 @@ deployment submits nothing, and `stop` ends everything that was submitted."""
 import json
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -22,10 +23,17 @@ def manifest_rows(project: Path, deployment: str) -> list[dict]:
     return json.loads(path.read_text()) if path.exists() else []
 
 
-def slurm_state(job_id: str) -> str:
-    out = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "State", "-j", job_id], capture_output=True, text=True,
-                         check=True).stdout.split()
-    return out[0] if out else ""
+def slurm_state(job_id: str, accept: tuple[str, ...], timeout_s: float = 30.0) -> str:
+    """The job's state in SLURM's accounting once it is one of `accept` (or the last one seen at the timeout):
+    slurmdbd records a submission, and a cancellation, a moment after slurmctld acts on it."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        out = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "State", "-j", job_id], capture_output=True, text=True,
+                             check=True).stdout.split()
+        state = out[0] if out else ""
+        if state.startswith(accept) or time.monotonic() > deadline:
+            return state
+        time.sleep(0.2)
 
 
 def test_rows_added_by_concurrent_writers_are_all_kept(tmp_path):
@@ -62,11 +70,11 @@ def test_a_launch_whose_third_submission_fails_records_the_first_two_and_stop_en
     assert [r["server"] for r in rows] == ["s1", "s2"]
     ids = [r["job_id"] for r in rows]
     assert f"2 job(s) submitted before it ({', '.join(ids)})" in proc.stderr
-    assert all(slurm_state(i) in ("PENDING", "RUNNING") for i in ids)
+    assert all(slurm_state(i, ("PENDING", "RUNNING")) in ("PENDING", "RUNNING") for i in ids)
 
     stopped = grace_json(tiny_project, "stop", "--deployment", "five")
     assert sorted(s["job_id"] for s in stopped) == sorted(ids)
-    assert all(slurm_state(i).startswith("CANCELLED") for i in ids)
+    assert all(slurm_state(i, ("CANCELLED",)).startswith("CANCELLED") for i in ids)
     assert manifest_rows(tiny_project, "five") == []
 
 
@@ -90,14 +98,14 @@ def test_a_second_launch_of_a_running_deployment_submits_nothing_and_replace_res
             (server, job_id, True) for server, job_id in before.items())
         assert "submitted" not in again.stderr and again.stderr.count("already pending or running") == 2
         assert {r["server"]: r["job_id"] for r in manifest_rows(tiny_project, "pair")} == before
-        assert all(slurm_state(i) == "RUNNING" for i in before.values())
+        assert all(slurm_state(i, ("RUNNING",)) == "RUNNING" for i in before.values())
 
         replaced = grace_json(tiny_project, "launch", "--deployment", "pair", "--only", "on-t4", "--replace",
                               "--executor", "slurm")
         [new] = replaced
         assert new["server"] == "on-t4" and not new["kept"] and new["job_id"] != before["on-t4"]
-        assert slurm_state(before["on-t4"]).startswith("CANCELLED")
-        assert slurm_state(before["on-l4"]) == "RUNNING"  # not named: untouched
+        assert slurm_state(before["on-t4"], ("CANCELLED",)).startswith("CANCELLED")
+        assert slurm_state(before["on-l4"], ("RUNNING",)) == "RUNNING"  # not named: untouched
         assert sorted(r["job_id"] for r in manifest_rows(tiny_project, "pair")) == sorted(
             [before["on-l4"], new["job_id"]])
     finally:

@@ -24,6 +24,10 @@ KV_USAGE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc", "llamacpp:k
 NVIDIA_SMI_QUERY = "utilization.gpu,memory.used"
 
 
+#: how long one /metrics read may take before it is skipped (an engine under load answers it between steps)
+METRICS_TIMEOUT_S = 2.0
+
+
 @dataclass(frozen=True)
 class EngineReading:
     running: float | None
@@ -118,11 +122,12 @@ class Sampler:
             return
         headers = {"Authorization": f"Bearer {self.target.api_key}"} if self.target.api_key else {}
         try:
-            async with self.http.get(self._metrics, headers=headers,
-                                     timeout=aiohttp.ClientTimeout(total=self.interval_s * 2)) as resp:
+            # a busy engine answers /metrics late: a slow answer is still a reading, a missed one is only skipped
+            async with self.http.get(self._metrics, headers=headers, timeout=aiohttp.ClientTimeout(
+                    total=max(METRICS_TIMEOUT_S, self.interval_s * 2))) as resp:
                 text = await resp.text() if resp.status == 200 else ""
         except (TimeoutError, aiohttp.ClientError):
-            text = ""
+            return  # no answer this time: says nothing about whether the engine exposes its gauges
         reading = parse_engine_metrics(text)
         if reading is None and not self.engine:
             self._metrics = None  # not exposed (404, or no engine gauges): stop asking
