@@ -1,6 +1,7 @@
 """A real job through submitit on the real local SLURM, asking for a typed GPU."""
 
 import os
+import time
 
 import pytest
 import submitit
@@ -23,4 +24,8 @@ def test_submitit_job_on_t4_gets_one_t4_gpu_and_returns_its_result(slurm_cluster
     assert env["SLURM_JOB_ID"] == str(job.job_id)
     # one GPU index granted (fake devices 6-7 are the t4 ones in the test cluster's gres.conf)
     assert len(env["SLURM_JOB_GPUS"].split(",")) == 1
-    assert job.get_info(mode="force")["State"] == "COMPLETED"  # from sacct: accounting is on
+    # from sacct (accounting is on), which records the end a moment after the job's result file appears
+    deadline = time.monotonic() + 30
+    while (state := job.get_info(mode="force").get("State")) != "COMPLETED" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert state == "COMPLETED"
