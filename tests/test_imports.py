@@ -45,3 +45,11 @@ def test_every_public_name_resolves_and_the_package_imports_light():
             "assert not heavy, heavy; [getattr(grace_hpc, n) for n in grace_hpc.__all__]; print('ok')")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert proc.stdout.strip() == "ok", proc.stderr
+
+
+def test_the_command_line_imports_no_dataframe_library():
+    """pandas and pyarrow cost ~1 s to import: `status`, `plan` and `--help` must not pay it, only `work` does."""
+    code = ("import sys; from grace_hpc.cli import build_parser; build_parser(); "
+            "heavy = {'pandas', 'pyarrow'} & set(sys.modules); assert not heavy, heavy; print('ok')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert proc.stdout.strip() == "ok", proc.stderr

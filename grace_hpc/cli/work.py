@@ -8,6 +8,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import submitit
 
@@ -15,14 +16,12 @@ from grace_hpc.cli.common import add_common, config_dir, positive_int, print_jso
 from grace_hpc.errors import WorkError
 from grace_hpc.registry.store import Registry
 from grace_hpc.registry.verdicts import verdict_path
-from grace_hpc.work.fleet import FleetSpec
-from grace_hpc.work.inputs import iter_rows
-from grace_hpc.work.merge import failures, flat_path, merge
-from grace_hpc.work.results import rows_written
-from grace_hpc.work.runner import WorkSpec, run_shard
-from grace_hpc.work.shards import parse_shard, shard_from_env
-from grace_hpc.work.submit import ArrayOptions, render_sbatch, submit_array, worker_argv
-from grace_hpc.work.tasks import load_task
+
+if TYPE_CHECKING:
+    from grace_hpc.work.runner import WorkSpec
+
+# The worker's modules (pandas, pyarrow, aiohttp: ~1 s to import) are imported by the handlers that use them, so
+# that every other command (`status`, `plan`, `--help`) does not pay for them.
 
 
 def _run_arguments(p: argparse.ArgumentParser) -> None:
@@ -80,6 +79,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 
 def _spec(args: argparse.Namespace, resolve: bool = True) -> WorkSpec:
+    from grace_hpc.work.fleet import FleetSpec
+    from grace_hpc.work.runner import WorkSpec
+    from grace_hpc.work.tasks import load_task
+
     missing = [f"--{n}" for n in ("input", "task", "output") if getattr(args, n) is None]
     if missing:
         raise WorkError(f"missing {', '.join(missing)} (see `grace-hpc work --help`)")
@@ -103,6 +106,9 @@ def _spec(args: argparse.Namespace, resolve: bool = True) -> WorkSpec:
 
 
 def run(args: argparse.Namespace) -> int:
+    from grace_hpc.work.runner import run_shard
+    from grace_hpc.work.shards import parse_shard, shard_from_env
+
     spec = _spec(args)
     shard = parse_shard(args.shard) if args.shard else shard_from_env(os.environ)
     summary = asyncio.run(run_shard(spec, shard, os.environ.get("GRACE_ROUTER_KEY")))
@@ -115,6 +121,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_submit(args: argparse.Namespace) -> int:
+    from grace_hpc.work.submit import ArrayOptions, render_sbatch, submit_array, worker_argv
+
     spec = _spec(args, resolve=not args.render_only)
     options = ArrayOptions(shards=args.shards, parallelism=args.parallelism, partition=args.partition,
                            time_min=args.time_min, cpus_per_task=args.cpus_per_task, mem_gb=args.mem_gb,
@@ -139,6 +147,9 @@ def run_submit(args: argparse.Namespace) -> int:
 
 def _watch(jobs: list[submitit.Job[object]], spec: WorkSpec, every_s: float = 5.0) -> None:
     """A progress line on stderr every `every_s` until every shard finished: shards done, rows written, rows/s."""
+    from grace_hpc.work.inputs import iter_rows
+    from grace_hpc.work.results import rows_written
+
     total = sum(1 for _ in iter_rows(spec.input)) * len(spec.models)
     before, started = rows_written(spec.output), time.monotonic()
     while True:
@@ -153,6 +164,8 @@ def _watch(jobs: list[submitit.Job[object]], spec: WorkSpec, every_s: float = 5.
 
 
 def run_merge(args: argparse.Namespace) -> int:
+    from grace_hpc.work.merge import failures, flat_path, merge
+
     summary = merge(args.dir, args.out, flat=args.flat)
     if args.json:
         print_json({**summary.model_dump(), "complete": summary.complete})
