@@ -35,7 +35,7 @@ class StatusRow:
     reason: str | None  # SLURM pending reason
     node: str | None
     endpoint: str | None
-    registry_state: str  # starting/ready/draining/gone, or "unregistered"
+    registry_state: str  # an EndpointState value, or "unregistered"
     reachable: bool | None  # None: not probed (no endpoint yet)
     uptime_s: float | None
     heartbeat_age_s: float | None

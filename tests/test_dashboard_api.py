@@ -240,3 +240,12 @@ def test_sections_without_a_source_are_absent_not_empty(tmp_path, path):
     with serve(tmp_path, []) as url:
         assert requests.get(url + path, timeout=10).status_code == 404
         assert not {"usage", "elastic"} & set(dashboard(url))
+
+
+def test_an_engine_that_stopped_answering_is_red_although_its_job_runs_and_its_heartbeat_is_fresh():
+    now = 1_000_000.0
+    hung = record("chat-1", "http://127.0.0.1:9/v1", "chat").model_copy(update={
+        "heartbeat_at": now - 1, "state": EndpointState.UNRESPONSIVE,
+        "last_error": "chat (pid 7) has not answered /health for 15s"})
+    fleet = fleet_section([hung], {"chat-1": {"healthy": True}}, None, now=now, stale_after_s=30, registry_error=None)
+    assert fleet.rows[0].severity is Severity.BAD and fleet.rows[0].endpoint_state == "unresponsive"

@@ -1,10 +1,12 @@
 """The supervisor in this process, with real llama.cpp engines and a real registry file: a failed start leaves
 nothing behind, a registry that cannot be read never stops a serving engine, a packed job writes the registry once
-per heartbeat, and engine arguments reach the engine untouched."""
+per heartbeat, engine arguments reach the engine untouched, and a hung engine is taken out of routing."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 import threading
 import time
@@ -34,12 +36,13 @@ def launch(name: str, weights: str, *extra: str, engine: tuple[str, ...] = LLAMA
                        tensor_parallel_size=1, max_model_len=512, max_num_seqs=1)
 
 
-def spec(tmp_path: Path, *models: ModelLaunch, heartbeat_s: float = 0.5, registry: Path | None = None) -> ServeSpec:
+def spec(tmp_path: Path, *models: ModelLaunch, heartbeat_s: float = 0.5, registry: Path | None = None,
+         unresponsive_after_s: float = 15.0) -> ServeSpec:
     registry = registry or tmp_path / "registry" / "registry.json"
     return ServeSpec(deployment="t", server="s", partition="cpu", gpu_type="CPU", models=models,
                      registry_path=str(registry), lock_mode="flock", log_dir=str(tmp_path / "logs"),
                      keys_dir=str(registry.parent / "keys"), heartbeat_s=heartbeat_s, bind_host="127.0.0.1",
-                     advertise_host="127.0.0.1", ready_timeout_s=60)
+                     advertise_host="127.0.0.1", ready_timeout_s=60, unresponsive_after_s=unresponsive_after_s)
 
 
 def endpoints(path: Path) -> dict:
@@ -170,3 +173,28 @@ def test_a_server_started_while_the_registry_is_unreadable_serves_and_registers_
 
 def test_failed_registry_writes_back_off_to_four_heartbeats():
     assert [beat_interval(5.0, n) for n in range(6)] == [5.0, 5.0, 10.0, 20.0, 20.0, 20.0]
+
+
+@pytest.mark.engine
+def test_a_hung_engine_is_taken_out_of_routing_and_put_back_when_it_answers_again(tmp_path, tiny_gguf, while_serving):
+    """SIGSTOP: the process lives, so no exit code shows it, and the job's heartbeats alone would keep it READY."""
+    supervisor = Supervisor(spec(tmp_path, launch("tiny", str(tiny_gguf)), heartbeat_s=0.25, unresponsive_after_s=2))
+    registry = tmp_path / "registry" / "registry.json"
+
+    def state() -> str:
+        return next(iter(endpoints(registry).values()))["state"]
+
+    def scenario() -> None:
+        wait_for(lambda: endpoints(registry) and state() == "ready")
+        pid = supervisor.running[0].engine.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            wait_for(lambda: state() == "unresponsive", timeout_s=30)
+            [record] = endpoints(registry).values()
+            assert "has not answered /health" in record["last_error"] and str(pid) in record["last_error"]
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        wait_for(lambda: state() == "ready", timeout_s=30)
+        assert completes(next(iter(endpoints(registry).values())))
+    while_serving(supervisor, scenario)

@@ -12,6 +12,7 @@ SCHEMA_VERSION = 1
 class EndpointState(str, Enum):
     STARTING = "starting"  # registered, engine loading; not routable
     READY = "ready"  # proved it can generate; routable
+    UNRESPONSIVE = "unresponsive"  # the process runs but has not answered /health for a while; not routable
     DRAINING = "draining"  # stopping (preemption, scancel, time limit); finish in-flight, take no new requests
     GONE = "gone"  # the job is no longer running; kept only until the next reap
 

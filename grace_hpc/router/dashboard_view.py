@@ -136,7 +136,8 @@ class RoutingSection(Frozen):
 
 
 def fleet_severity(row: StatusRow, healthy: bool | None, is_stale: bool) -> Severity:
-    if (row.registry_state == EndpointState.GONE.value or row.job_state in ENDED_STATES or healthy is False
+    if (row.registry_state in (EndpointState.GONE.value, EndpointState.UNRESPONSIVE.value)
+            or row.job_state in ENDED_STATES or healthy is False
             or is_stale or row.reachable is False):
         return Severity.BAD
     # UNKNOWN: no jobs source, or SLURM did not answer; the section's `scheduler` says which, not every row

@@ -46,4 +46,5 @@ class ServeSpec:
     bind_host: str  # 0.0.0.0 on a cluster node, 127.0.0.1 for the local executor
     advertise_host: str | None  # None: this node's hostname
     ready_timeout_s: float = 1800.0
+    unresponsive_after_s: float = 15.0  # a READY engine silent on /health this long is taken out of routing
     env: tuple[tuple[str, str], ...] = ()  # extra environment for the engines (HF_HOME ...)

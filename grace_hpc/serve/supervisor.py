@@ -2,6 +2,8 @@
 
     pick ports -> make keys -> start engines (logs to files) -> register `starting`
     -> prove each can serve (one real token, or one embedding) -> `ready` -> heartbeat until told to stop
+    -> at each heartbeat ask each engine's /health: silent for `unresponsive_after_s` -> `unresponsive` (not
+       routable) until it answers again (serve/liveness.py)
     -> on SIGTERM/USR2: `draining`, stop engines, deregister (USR2: requeue via submitit's checkpoint)
     -> on engine exit: record exit code and log tail, deregister, fail the job with that message.
 
@@ -31,6 +33,7 @@ from grace_hpc.registry.keys import key_path, new_api_key, write_key_file
 from grace_hpc.registry.records import EndpointRecord, EndpointState, PlanSummary
 from grace_hpc.registry.store import Registry
 from grace_hpc.serve.engine import EngineProcess, log_tail
+from grace_hpc.serve.liveness import Liveness, answers_health
 from grace_hpc.serve.readiness import probe
 from grace_hpc.serve.resolve import resolve_argv
 from grace_hpc.serve.spec import ModelLaunch, ServeSpec
@@ -72,6 +75,12 @@ class Running:
     engine: EngineProcess
     record: EndpointRecord
     api_key: str = field(repr=False)
+    liveness: Liveness | None = None  # set when the engine is first READY
+
+    @property
+    def local_root(self) -> str:
+        """The engine's root URL from this node (`/health` lives there, not under /v1)."""
+        return f"http://127.0.0.1:{self.record.port}"
 
     def set_state(self, state: EndpointState, last_error: str | None = None) -> None:
         update: dict[str, object] = {"state": state}
@@ -102,6 +111,7 @@ class Supervisor:
             self._wait_ready()
             while not self.stopping.wait(self.spec.heartbeat_s):
                 self._check_engines()
+                self._check_liveness()
                 self._heartbeat()
             self.shutdown("stopped by SIGTERM")
             # preemption sends USR2 right after SIGTERM: give submitit's handler the chance to requeue us
@@ -185,6 +195,7 @@ class Supervisor:
                                r.api_key, r.launch.task, timeout_s=60)
                 if reason is None:
                     r.set_state(EndpointState.READY)
+                    r.liveness = Liveness(self.spec.unresponsive_after_s, last_answer=time.monotonic())
                     self._heartbeat(now=True)
                     print(f"grace-hpc supervisor: {r.launch.model} ready at {r.record.base_url} "
                           f"after {time.time() - r.record.started_at:.1f}s", flush=True)
@@ -206,6 +217,24 @@ class Supervisor:
                 r.set_state(EndpointState.GONE, last_error=message[:2000])
                 self._quietly(self.registry.publish, [r.record])
                 raise EngineError(message)
+
+    def _check_liveness(self) -> None:
+        """Take an engine that stopped answering /health out of routing, and put it back when it answers."""
+        for r in self.running:
+            if r.liveness is None or r.record.state not in (EndpointState.READY, EndpointState.UNRESPONSIVE):
+                continue
+            change = r.liveness.observe(answers_health(r.local_root), time.monotonic())
+            if change is True:
+                silent_s = time.monotonic() - r.liveness.last_answer
+                message = (f"{r.launch.model} (pid {r.engine.pid}) has not answered /health for {silent_s:.0f}s: "
+                           f"taken out of routing until it answers; its log: {r.engine.log_path}")
+                r.set_state(EndpointState.UNRESPONSIVE, last_error=message)
+                print(f"grace-hpc supervisor: WARNING {message}", flush=True)
+                self._heartbeat(now=True)
+            elif change is False:
+                r.set_state(EndpointState.READY)
+                print(f"grace-hpc supervisor: {r.launch.model} answers /health again: back in routing", flush=True)
+                self._heartbeat(now=True)
 
     def _heartbeat(self, *, now: bool = False) -> None:
         """When due (or `now`, after a state change): one registry write for the whole job. A failed write is
