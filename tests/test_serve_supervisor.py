@@ -1,6 +1,7 @@
 """The supervisor in this process, with real llama.cpp engines and a real registry file: a failed start leaves
 nothing behind, a registry that cannot be read never stops a serving engine, a packed job writes the registry once
-per heartbeat, engine arguments reach the engine untouched, and a hung engine is taken out of routing."""
+per heartbeat, engine arguments reach the engine untouched, a hung engine is taken out of routing, and an engine
+that dies after serving is restarted in place."""
 
 from __future__ import annotations
 
@@ -198,3 +199,35 @@ def test_a_hung_engine_is_taken_out_of_routing_and_put_back_when_it_answers_agai
         wait_for(lambda: state() == "ready", timeout_s=30)
         assert completes(next(iter(endpoints(registry).values())))
     while_serving(supervisor, scenario)
+
+
+@pytest.mark.engine
+def test_an_engine_killed_while_serving_is_restarted_in_place_under_the_same_endpoint(tmp_path, tiny_gguf,
+                                                                                    while_serving):
+    supervisor = Supervisor(spec(tmp_path, launch("tiny", str(tiny_gguf)), heartbeat_s=0.25))
+    registry = tmp_path / "registry" / "registry.json"
+
+    def scenario() -> None:
+        [before] = wait_for(lambda: [r for r in endpoints(registry).values() if r["state"] == "ready"])
+        first = supervisor.running[0].engine.pid
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        wait_for(lambda: supervisor.running[0].engine.pid != first, timeout_s=30)
+        [after] = wait_for(lambda: [r for r in endpoints(registry).values() if r["state"] == "ready"], timeout_s=60)
+        assert (after["id"], after["base_url"]) == (before["id"], before["base_url"])  # routers need no new entry
+        assert "engine exited with code -9" in after["last_error"]
+        assert completes(after)
+    while_serving(supervisor, scenario)
+
+
+@pytest.mark.engine
+def test_an_engine_that_exits_while_starting_fails_the_job_at_once_without_restarts(tmp_path):
+    dies = launch("dies", "unused.gguf", engine=(sys.executable, "-c", "print('bad flag --x'); raise SystemExit(3)"))
+    supervisor = Supervisor(spec(tmp_path, dies, heartbeat_s=0.25))
+    t0 = time.monotonic()
+    with pytest.raises(EngineError, match="exited with code 3") as failure:
+        supervisor.run()
+    assert "bad flag --x" in str(failure.value) and "not restarted" not in str(failure.value)
+    assert time.monotonic() - t0 < 30  # no restart pauses
+    [left] = endpoints(tmp_path / "registry" / "registry.json").values()
+    assert left["state"] == "gone" and "bad flag --x" in left["last_error"]  # kept for `status` to say why

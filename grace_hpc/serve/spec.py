@@ -47,4 +47,5 @@ class ServeSpec:
     advertise_host: str | None  # None: this node's hostname
     ready_timeout_s: float = 1800.0
     unresponsive_after_s: float = 15.0  # a READY engine silent on /health this long is taken out of routing
+    restart_unresponsive_after_s: float = 300.0  # ... and this long: stopped and restarted
     env: tuple[tuple[str, str], ...] = ()  # extra environment for the engines (HF_HOME ...)

@@ -3,9 +3,12 @@
     pick ports -> make keys -> start engines (logs to files) -> register `starting`
     -> prove each can serve (one real token, or one embedding) -> `ready` -> heartbeat until told to stop
     -> at each heartbeat ask each engine's /health: silent for `unresponsive_after_s` -> `unresponsive` (not
-       routable) until it answers again (serve/liveness.py)
+       routable) until it answers again (serve/liveness.py); still silent after `restart_unresponsive_after_s`:
+       stopped, and restarted as an engine that exited
     -> on SIGTERM/USR2: `draining`, stop engines, deregister (USR2: requeue via submitit's checkpoint)
-    -> on engine exit: record exit code and log tail, deregister, fail the job with that message.
+    -> on the exit of an engine that had been ready: `starting` again and restart it in place (serve/restarts.py:
+       at most 3 exits in 10 min); on an exit during start-up or past that budget, record exit code and log tail,
+       deregister, fail the job with that message.
 
 The registry is never a reason to stop serving: a write that fails (NFS ESTALE, a lock held too long, a file
 replaced by hand) is retried at the next heartbeats with backoff, for as long as it takes, and the job's entries
@@ -36,6 +39,7 @@ from grace_hpc.serve.engine import EngineProcess, log_tail
 from grace_hpc.serve.liveness import Liveness, answers_health
 from grace_hpc.serve.readiness import probe
 from grace_hpc.serve.resolve import resolve_argv
+from grace_hpc.serve.restarts import RestartBudget
 from grace_hpc.serve.spec import ModelLaunch, ServeSpec
 from grace_hpc.vllm_version import VllmVersion, version_mismatch
 
@@ -75,7 +79,10 @@ class Running:
     engine: EngineProcess
     record: EndpointRecord
     api_key: str = field(repr=False)
-    liveness: Liveness | None = None  # set when the engine is first READY
+    liveness: Liveness | None = None  # set each time the engine becomes READY
+    restarts: RestartBudget = field(default_factory=RestartBudget)
+    served: bool = False  # was READY at least once: an exit after that is restarted
+    started: float = field(default_factory=time.monotonic)  # this engine process's start
 
     @property
     def local_root(self) -> str:
@@ -108,11 +115,12 @@ class Supervisor:
             for launch in self.spec.models:
                 self._start(launch)
             self._heartbeat(now=True)  # one write registers every engine `starting`
-            self._wait_ready()
+            self._wait_ready(list(self.running))
             while not self.stopping.wait(self.spec.heartbeat_s):
-                self._check_engines()
+                restarted = self._check_engines()
                 self._check_liveness()
                 self._heartbeat()
+                self._wait_ready(restarted)
             self.shutdown("stopped by SIGTERM")
             # preemption sends USR2 right after SIGTERM: give submitit's handler the chance to requeue us
             time.sleep(REQUEUE_SIGNAL_WAIT_S)
@@ -183,22 +191,22 @@ class Supervisor:
         print(f"grace-hpc supervisor: started {launch.model} ({launch.engine}) pid {engine.pid} "
               f"on port {port}, log {engine.log_path}", flush=True)
 
-    def _wait_ready(self) -> None:
-        pending = list(self.running)
+    def _wait_ready(self, pending: list[Running]) -> None:
         deadline = time.monotonic() + self.spec.ready_timeout_s
         while pending:
             if self.stopping.is_set():
                 return
-            self._check_engines()
+            pending += self._check_engines()
             for r in list(pending):
                 reason = probe(r.record.base_url.replace(r.record.host, "127.0.0.1", 1), r.launch.served_model_name,
                                r.api_key, r.launch.task, timeout_s=60)
                 if reason is None:
                     r.set_state(EndpointState.READY)
+                    r.served = True
                     r.liveness = Liveness(self.spec.unresponsive_after_s, last_answer=time.monotonic())
                     self._heartbeat(now=True)
                     print(f"grace-hpc supervisor: {r.launch.model} ready at {r.record.base_url} "
-                          f"after {time.time() - r.record.started_at:.1f}s", flush=True)
+                          f"after {time.monotonic() - r.started:.1f}s", flush=True)
                     if r.launch.vllm_version and (warning := version_mismatch(
                             VllmVersion(r.launch.vllm_version), log_tail(r.engine.log_path, 1 << 20))):
                         print(f"grace-hpc supervisor: WARNING {r.launch.model}: {warning}", flush=True)
@@ -210,13 +218,33 @@ class Supervisor:
             self._heartbeat()
             time.sleep(0.25)
 
-    def _check_engines(self) -> None:
+    def _check_engines(self) -> list[Running]:
+        """An engine that exited after it had served is restarted in place (same port, key and endpoint id) and
+        returned, to be proved ready again. One that exited while starting (bad arguments, too little memory: a
+        restart would only fail again, slower) or too often fails the job with the engine's own last words."""
+        restarted = []
         for r in self.running:
-            if r.engine.exit_code() is not None:
-                message = f"{r.launch.model}: {r.engine.failure()}"
+            if r.engine.exit_code() is None:
+                continue
+            message = f"{r.launch.model}: {r.engine.failure()}"
+            pause = r.restarts.pause_before_restart(time.monotonic()) if r.served else None
+            if pause is None:
                 r.set_state(EndpointState.GONE, last_error=message[:2000])
                 self._quietly(self.registry.publish, [r.record])
-                raise EngineError(message)
+                raise EngineError(message if not r.served else f"{message}\n(exited {len(r.restarts.exits)} times "
+                                  f"in {r.restarts.window_s:.0f}s: not restarted again)")
+            r.set_state(EndpointState.STARTING, last_error=message[:2000])
+            r.liveness = None
+            self._heartbeat(now=True)
+            print(f"grace-hpc supervisor: WARNING {message}\nrestarting it in {pause:g}s "
+                  f"(exit {len(r.restarts.exits)} of {r.restarts.max_restarts} allowed in "
+                  f"{r.restarts.window_s:.0f}s)", flush=True)
+            if self.stopping.wait(pause):
+                break
+            r.started = time.monotonic()
+            r.engine.start()
+            restarted.append(r)
+        return restarted
 
     def _check_liveness(self) -> None:
         """Take an engine that stopped answering /health out of routing, and put it back when it answers."""
@@ -224,6 +252,11 @@ class Supervisor:
             if r.liveness is None or r.record.state not in (EndpointState.READY, EndpointState.UNRESPONSIVE):
                 continue
             change = r.liveness.observe(answers_health(r.local_root), time.monotonic())
+            if r.liveness.silent and time.monotonic() - r.liveness.last_answer >= self.spec.restart_unresponsive_after_s:
+                print(f"grace-hpc supervisor: WARNING {r.launch.model} (pid {r.engine.pid}) silent for "
+                      f"{self.spec.restart_unresponsive_after_s:.0f}s: stopping it to restart it", flush=True)
+                r.engine.stop()  # the next _check_engines sees the exit and restarts it
+                continue
             if change is True:
                 silent_s = time.monotonic() - r.liveness.last_answer
                 message = (f"{r.launch.model} (pid {r.engine.pid}) has not answered /health for {silent_s:.0f}s: "
