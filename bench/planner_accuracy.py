@@ -51,7 +51,8 @@ def _gpu(name: str, extra: dict[str, Any]) -> GPU:
     if name in extra:
         cc = tuple(extra[name]["compute_capability"])
         sm = cc[0] * 10 + cc[1]
-        return GPU(name=name, memory_gib=extra[name]["memory_gib"], compute_capability=cc, bf16=sm >= 80, fp8=sm >= 89)
+        return GPU(name=name, memory_gib=extra[name]["memory_gib"], compute_capability=cc, bf16=sm >= 80, fp8=sm >= 89,
+                   sms=extra[name]["sms"])
     return get_gpu(name)
 
 

@@ -71,7 +71,8 @@ def test_every_problem_of_a_file_is_listed_in_one_line(tmp_path):
     assert "\n" not in message
     problems = message.removeprefix(f"{path}: ").split("; ")
     assert problems[0] == "servers[0] (entry 'a'): unknown key 'partiton' (did you mean 'partition'?)"
-    assert problems[1].startswith("servers[1] (entry 'b'): unknown key 'wibble' (known keys: categories, ")
+    assert problems[1].startswith(
+        "servers[1] (entry 'b'): unknown key 'wibble' (known keys: allow_cpu_offload, categories, ")
     assert problems[2:] == ["servers[0].replicas (entry 'a'): a fixed replica count must be at least 1 (got 0): "
                             "`replicas: {min: 0, max: N}` scales to zero when idle"]
 

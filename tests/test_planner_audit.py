@@ -39,7 +39,7 @@ def test_1_small_moe_pays_for_its_tokens_not_its_experts() -> None:
     # the fused-MoE workspace of its batched tokens x top-k, and the sampler
     arch = CATALOG.get("deepseek-coder-v2-lite-instruct").architecture
     for version in VllmVersion:
-        peak = mem.activation_bytes(arch, 1, 2, 2048, 256, version) / mem.GIB
+        peak = mem.activation_bytes(arch, 1, 2, 2048, 256, version, sms=132) / mem.GIB
         assert peak < 1.5, (version, peak)
 
 
@@ -202,7 +202,9 @@ def test_8_cuda_graphs_count_inside_the_budget_on_0_33_only() -> None:
     # 0.33 also charges its persistent allocations (VllmVersion.budget_counts_persistent_allocations)
     charged = graphs + mem.PERSISTENT_GIB
     assert new.overhead_gib_per_gpu == pytest.approx(old.overhead_gib_per_gpu + charged)
-    assert new.kv_cache_gib_per_gpu == pytest.approx(old.kv_cache_gib_per_gpu - charged, abs=0.01)
+    # (the activation peaks differ too: 0.19's Triton top-k/top-p keeps a per-SM buffer, 0.33's FlashInfer none)
+    sampler = old.activation_gib_per_gpu - new.activation_gib_per_gpu
+    assert new.kv_cache_gib_per_gpu == pytest.approx(old.kv_cache_gib_per_gpu + sampler - charged, abs=0.01)
     # unpinned, the planner follows vLLM's startup advice: raise the utilization by the graphs' share
     auto = plan_model(spec, L4, 1, PlanRequest(max_model_len=8192, vllm_version=V33))
     assert auto.gpu_memory_utilization == 0.92 and any("CUDA graphs' share" in r for r in auto.reasons)

@@ -150,8 +150,8 @@ def test_gguf_types_the_file_name_pattern_accepts_have_bits(gguf_type: str, bpw:
 
 
 def test_activation_peak_grows_with_batched_tokens() -> None:
-    small = mem.activation_bytes(LLAMA_8B, 1, 2, 2048, 1, VllmVersion.V0_19)
-    large = mem.activation_bytes(LLAMA_8B, 1, 2, 8192, 1, VllmVersion.V0_19)
+    small = mem.activation_bytes(LLAMA_8B, 1, 2, 2048, 1, VllmVersion.V0_19, sms=108)
+    large = mem.activation_bytes(LLAMA_8B, 1, 2, 8192, 1, VllmVersion.V0_19, sms=108)
     assert large > small
     # forward at 8192 tokens: 3 hidden-size tensors 3 x 8192 x 4096 x 2 + MLP 3 x 8192 x 14336 x 2 bytes, and nothing
     # else: V1 charges the allocated peak over what is allocated when profiling starts (no allocator slack, no base)
@@ -176,11 +176,26 @@ def test_the_sampler_a_0_11_log_names_sets_the_profiled_peak() -> None:
     # rows qwen2.5-7b/A10G/len32768 (vLLM 0.11.0, "Using FlashInfer for top-p & top-k sampling.") and
     # qwen2-7b/2xA100-40GB/tp2/u0.50 (0.10.1.1, "FlashInfer is not available. Falling back to the PyTorch-native
     # implementation"): 256 sequences x 152,064 logits at 14 and 39 bytes, above the 2048-token forward
-    flashinfer = mem.activation_bytes(QWEN25_7B, 1, 2, 2048, 256, VllmVersion.V0_11, "flashinfer")
-    pytorch = mem.activation_bytes(QWEN25_7B, 1, 2, 2048, 256, VllmVersion.V0_11)
+    flashinfer = mem.activation_bytes(QWEN25_7B, 1, 2, 2048, 256, VllmVersion.V0_11, "flashinfer", sms=80)
+    pytorch = mem.activation_bytes(QWEN25_7B, 1, 2, 2048, 256, VllmVersion.V0_11, sms=80)
     assert flashinfer == pytest.approx(14 * 256 * 152064)
     assert pytorch == pytest.approx(39 * 256 * 152064)
-    assert mem.activation_bytes(QWEN25_7B, 1, 2, 2048, 256, VllmVersion.V0_19) == pytest.approx(flashinfer)
+
+
+def test_0_19_s_triton_top_k_keeps_one_vocabulary_row_per_sm_through_the_sampler_peak() -> None:
+    # 0.19.1 v1/sample/ops/topk_topp_triton.py: a float32 (programs, vocab) buffer, programs = min(SMs, rows) rounded
+    # up to a power of two and capped at the SMs, cached for the process: on an A10G (80 SMs), 80 x 152,064 x 4 bytes
+    # on top of the 14 bytes per logit of 256 rows
+    triton = mem.activation_bytes(QWEN25_7B, 1, 2, 2048, 256, VllmVersion.V0_19, sms=80)
+    assert triton == pytest.approx(14 * 256 * 152064 + 4 * 80 * 152064)
+    assert mem.triton_topk_buffer_bytes(152064, rows=12, sms=80) == 4 * 16 * 152064  # 12 programs -> 16 rows
+    assert mem.triton_topk_buffer_bytes(152064, rows=256, sms=108) == 4 * 108 * 152064  # 128 capped at 108
+
+
+def test_0_19_sorts_fewer_than_8_sequences_in_pytorch() -> None:
+    # apply_top_k_top_p runs Triton from 8 rows only: --max-num-seqs 4 pays PyTorch's sort (39 bytes per logit)
+    four = mem.activation_bytes(QWEN25_7B, 1, 2, 16, 4, VllmVersion.V0_19, sms=80)
+    assert four == pytest.approx(39 * 4 * 152064)
 
 
 def test_nccl_buffers_sit_in_the_headroom_under_tensor_parallelism() -> None:

@@ -39,7 +39,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    f"{', '.join(v.value for v in VllmVersion)} (or e.g. 0.19.1; default: cluster.yaml "
                    "engines.vllm_version, else the newest)")
     p.add_argument("--allow-cpu-offload", action="store_true",
-                   help="let the planner choose --cpu-offload-gb when nothing else fits (slow; never by default)")
+                   help="let the planner choose --cpu-offload-gb when nothing else fits (slow; never by default; "
+                   "a deployment's servers set allow_cpu_offload in its YAML)")
     p.add_argument("--tensor-parallel-size", type=int)
     p.add_argument("--dtype", help="auto, bfloat16, float16, float32")
     p.add_argument("--quantization", help="none, fp8, awq, gptq, bitsandbytes, mxfp4, compressed-tensors, gguf")
@@ -105,6 +106,10 @@ def _gpus_per_node(gpu: str, configs: ConfigDir) -> int:
 
 
 def _run_deployment(args: argparse.Namespace, configs: ConfigDir) -> int:
+    if args.allow_cpu_offload:
+        # a flag here would plan what `launch` (which reads only the YAML) does not run
+        raise ConfigError(f"--allow-cpu-offload plans one --model; for deployment {args.deployment!r} set "
+                          "`allow_cpu_offload: true` on the servers that may offload, in the deployment's YAML")
     cluster, catalog = configs.cluster(), configs.catalog()
     deployment = configs.deployment(args.deployment)
     version = _version(args, configs)

@@ -101,9 +101,17 @@ class Cluster(Frozen):
         raise KeyError(name)
 
     def partition_of(self, server: ServerSpec, deployment: str) -> Partition:
-        """The partition a deployment's server runs on; ConfigError naming the server and what cluster.yaml has."""
+        """The partition a deployment's server runs on; ConfigError naming the server and what cluster.yaml has, or
+        when the server allows CPU offload on a partition without GPUs."""
         try:
-            return self.partition(server.partition)
+            partition = self.partition(server.partition)
         except KeyError:
             problem = unknown_name("partition", server.partition, [p.name for p in self.partitions], "cluster.yaml")
             raise ConfigError(f"deployment {deployment!r}, server {server.name!r}: {problem}") from None
+        if server.allow_cpu_offload and partition.gpus_per_node == 0:
+            raise ConfigError(
+                f"deployment {deployment!r}, server {server.name!r}: allow_cpu_offload on partition "
+                f"{partition.name!r}, which has no GPUs (gpus_per_node 0 in cluster.yaml): its models already run "
+                "from host RAM; remove allow_cpu_offload or move the server to a GPU partition"
+            )
+        return partition

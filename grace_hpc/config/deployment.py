@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import Enum
 from typing import Literal
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, StrictBool, ValidationInfo, field_validator, model_validator
 
 from grace_hpc.config.catalog import Frozen, reject_duplicates, unknown_name
 from grace_hpc.errors import ConfigError
@@ -71,6 +71,10 @@ class ServerSpec(Frozen):
     handover_lead_s: float | None = Field(default=None, gt=0)
     time: str | None = None  # overrides the partition's max_time
     extra_args: tuple[str, ...] = ()  # appended to the engine argv verbatim
+    # let the planner choose --cpu-offload-gb (vLLM) or CPU layers (llama.cpp) for this server's models when nothing
+    # else fits; never otherwise. Slow: offloaded weights cross PCIe on every step, and vLLM pins them in host RAM,
+    # which counts against the job's --mem (mem_per_gpu_gb x GPUs). Strict: `"false"` (a string) is an error
+    allow_cpu_offload: StrictBool = False
 
     @field_validator("replicas", mode="before")
     @classmethod
@@ -82,6 +86,13 @@ class ServerSpec(Frozen):
             raise ValueError(f"a fixed replica count must be at least 1 (got {value}): "
                              "`replicas: {min: 0, max: N}` scales to zero when idle")
         return {"min": value, "max": value}
+
+    @model_validator(mode="after")
+    def _offload_needs_a_gpu_engine(self) -> ServerSpec:
+        if self.allow_cpu_offload and self.engine is Engine.SCORING:
+            raise ValueError("allow_cpu_offload does not apply to engine 'scoring', which runs on the CPU from host "
+                             "RAM: remove allow_cpu_offload, or serve with engine vllm or llama.cpp on a GPU partition")
+        return self
 
     @property
     def elastic(self) -> bool:

@@ -135,7 +135,8 @@ def fit_vllm(spec: ModelSpec, gpu: GPU, cand: Candidate, tp: int, s: Settings) -
         return mem.kv_bytes_per_request(arch, tp, elem, tokens, batched_tokens, s.version)
 
     def short() -> bool:
-        activation = mem.activation_bytes(arch, tp, dtype_bytes, batched_tokens, seqs, s.version, s.sampler)
+        activation = mem.activation_bytes(arch, tp, dtype_bytes, batched_tokens, seqs, s.version, s.sampler,
+                                         sms=gpu.sms)
         return weights + activation + overhead + per_request(s.min_len) * s.min_concurrency > budget
 
     # cheaper levers than compression, in vLLM's own knobs: H100-class defaults (1024 sequences, 8192 batched
@@ -151,7 +152,8 @@ def fit_vllm(spec: ModelSpec, gpu: GPU, cand: Candidate, tp: int, s: Settings) -
         batched_tokens = rendered_tokens = SMALL_BATCHED_TOKENS
         reasons.append(f"--max-num-batched-tokens {SMALL_BATCHED_TOKENS} instead of vLLM's {default_tokens}: "
                        "a smaller profiled forward (and sliding-window reserve) leaves room for the KV cache")
-    activation = mem.activation_bytes(arch, tp, dtype_bytes, batched_tokens, seqs, s.version, s.sampler)
+    activation = mem.activation_bytes(arch, tp, dtype_bytes, batched_tokens, seqs, s.version, s.sampler,
+                                         sms=gpu.sms)
     offload = 0.0
     if s.cpu_offload_gb is not None:
         offload = s.cpu_offload_gb * GIB

@@ -37,6 +37,7 @@ __all__ = [
     "kv_bytes_per_request",
     "activation_bytes",
     "SAMPLER_BYTES_PER_LOGIT",
+    "triton_topk_buffer_bytes",
     "NON_TORCH_GIB",
     "PERSISTENT_GIB",
     "NCCL_GIB",
@@ -316,6 +317,18 @@ def kv_tokens(kv_bytes: float, arch: Architecture, tp: int, elem_bytes: int) -> 
 #   fitted at 39 B on gpt-oss-120b on one H100 (vllm#23278 on 0.10.1, vllm#27508 on 0.11.0: 1024 rows x
 #   201,088 logits lost 7.4-7.5 GiB besides the weights in both logs, the 0.1 GiB of non-torch memory included).
 SAMPLER_BYTES_PER_LOGIT = {"flashinfer": 14, "triton": 14, "pytorch": 39}
+# The Triton path runs from 8 rows; fewer are sorted in PyTorch (0.19.1 v1/sample/ops/topk_topp_sampler.py
+# apply_top_k_top_p: "if HAS_TRITON and logits.shape[0] >= 8")
+TRITON_TOPK_MIN_ROWS = 8
+
+
+def triton_topk_buffer_bytes(vocab_size: int, rows: int, sms: int) -> int:
+    """The float32 scratch buffer 0.19's Triton top-k/top-p keeps for the process's life (v1/sample/ops/
+    topk_topp_triton.py apply_top_k_top_p_triton: one vocabulary-wide row per Triton program, min(SMs, rows)
+    programs, rounded up to a power of two and capped at the SM count, cached in _TRITON_BUFFER_CACHE), so it is
+    still allocated at the sampler warm-up's peak: 0.06-0.08 GiB for a 152k vocabulary on an A100 or L40S."""
+    programs = min(sms, rows)
+    return 4 * vocab_size * min(1 << max(programs - 1, 0).bit_length(), sms)
 
 # Calibration constant of the activation model (bench/planner_accuracy.py checks it).
 ACTIVATION_SCALE = 1.0
@@ -323,7 +336,7 @@ ACTIVATION_SCALE = 1.0
 
 def activation_bytes(
     arch: Architecture, tp: int, dtype_bytes: int, max_num_batched_tokens: int, max_num_seqs: int,
-    version: VllmVersion, sampler: str | None = None,
+    version: VllmVersion, sampler: str | None = None, *, sms: int,
 ) -> float:
     """Peak of vLLM's profile run (`profile_run`): a forward of max_num_batched_tokens tokens, then the sampler.
 
@@ -334,7 +347,8 @@ def activation_bytes(
     Llama-3.1-8B on an RTX 3090 (vllm#10517) peaks at 2.07 GiB for 20000 tokens and 2.99 GiB for 29000, 110 KiB
     per token = 2 bytes x (3 x 14336 + 3.2 x 4096).
     Sampler peak (`_dummy_sampler_run`, max_num_seqs rows over the vocabulary, top-k/top-p on): bytes per logit
-    of `sampler` (SAMPLER_BYTES_PER_LOGIT; None: the release's default, VllmVersion.default_sampler). There is no
+    of `sampler` (SAMPLER_BYTES_PER_LOGIT; None: the release's default, VllmVersion.default_sampler), plus, on the
+    Triton path, its per-SM scratch buffer (triton_topk_buffer_bytes; `sms`: the GPU's multiprocessors). There is no
     per-expert term: vLLM has no such allocation, and the large-MoE rows that once suggested one are explained by the
     sampler and the MXFP4 padding.
     No base term either: V1 charges the increase of torch's *allocated* peak over what is allocated when the profile
@@ -354,8 +368,12 @@ def activation_bytes(
         moe_width = arch.moe.experts_per_token * arch.moe.expert_intermediate_size
         mlp = max(mlp, 3 * tokens * moe_width / tp * dtype_bytes)
     forward = residual + max(attn, mlp)
-    per_logit = SAMPLER_BYTES_PER_LOGIT[sampler or version.default_sampler]
-    sampler_peak = per_logit * max_num_seqs * arch.vocab_size
+    path = sampler or version.default_sampler
+    if path == "triton" and max_num_seqs < TRITON_TOPK_MIN_ROWS:
+        path = "pytorch"
+    sampler_peak = SAMPLER_BYTES_PER_LOGIT[path] * max_num_seqs * arch.vocab_size
+    if path == "triton":
+        sampler_peak += triton_topk_buffer_bytes(arch.vocab_size, max_num_seqs, sms)
     return ACTIVATION_SCALE * max(forward, sampler_peak)
 
 

@@ -17,6 +17,7 @@ from grace_hpc.config.deployment import ServerSpec
 from grace_hpc.errors import PlanError
 from grace_hpc.planner import memory as mem
 from grace_hpc.planner.choose import plan_model
+from grace_hpc.planner.fit import VLLM_CPU_RUNTIME
 from grace_hpc.planner.gpus import CPU_NAME, GPU, cpu_device, get_gpu
 from grace_hpc.planner.plans import Plan, PlanRequest, ServerPlan
 from grace_hpc.vllm_version import DEFAULT_VLLM_VERSION, VllmVersion
@@ -71,19 +72,45 @@ def plan_server(
         dtype=server.dtype, quantization=server.quantization, max_model_len=server.max_model_len,
         min_concurrency=server.min_concurrency, engine=server.engine.planned_as if server.engine else None,
         num_gpus=server.num_gpus if len(specs) == 1 else (server.num_gpus or (0 if gpu.is_cpu else 1)),
-        vllm_version=vllm_version,
+        vllm_version=vllm_version, allow_cpu_offload=server.allow_cpu_offload,
     )
     if request.num_gpus == 0:
         request = replace(request, num_gpus=None)
     solo = [plan_model(s, gpu, per_node, _fit_context(request, s)) for s in specs]
     if len(specs) == 1:
         plan = solo[0]
-        return ServerPlan(
+        planned = ServerPlan(
             server=server.name, partition=partition.name, gpu=gpu.name,
             num_gpus=0 if gpu.is_cpu else plan.tensor_parallel_size, plans=(plan,), fits=plan.fits,
             reasons=plan.reasons,
         )
-    return _pack(server, partition, gpu, specs, solo, request)
+    else:
+        planned = _pack(server, partition, gpu, specs, solo, request)
+    return _check_pinned_host_ram(planned, partition)
+
+
+def _check_pinned_host_ram(planned: ServerPlan, partition: Partition) -> ServerPlan:
+    """A server whose vLLM processes offload weights does not fit when the pinned host RAM (--cpu-offload-gb on
+    every rank) and the processes themselves exceed the job's --mem (mem_per_gpu_gb x GPUs, launch/resources.py):
+    vLLM keeps the offloaded weights in pinned host memory, per GPU (0.19.1 config/offload.py UVAOffloadConfig:
+    "zero-copy access from CPU-pinned memory"; 0.11 model_executor/models/utils.py maybe_offload_to_cpu), which
+    cannot be paged out, so SLURM's memory cgroup kills the job instead."""
+    offloading = [p for p in planned.plans if p.engine == "vllm" and p.cpu_offload_gb > 0]
+    if not offloading:
+        return planned
+    vllm_plans = [p for p in planned.plans if p.engine == "vllm"]
+    pinned = sum(p.cpu_offload_gb * p.tensor_parallel_size for p in offloading)
+    need = pinned + len(vllm_plans) * VLLM_CPU_RUNTIME / mem.GIB
+    job_mem = partition.mem_per_gpu_gb * max(planned.num_gpus, 1)
+    if need <= job_mem:
+        return planned
+    reason = (
+        f"--cpu-offload-gb pins {pinned:g} GiB of weights in host RAM, {need:.1f} GiB with the vLLM processes, more "
+        f"than the job's {job_mem} GiB (mem_per_gpu_gb {partition.mem_per_gpu_gb} x {max(planned.num_gpus, 1)} GPU(s) "
+        f"on partition {partition.name!r}): raise mem_per_gpu_gb in cluster.yaml if the nodes have the RAM, or use "
+        "more GPUs or a quantized variant"
+    )
+    return replace(planned, fits=False, reasons=(*planned.reasons, reason))
 
 
 def _pack(
