@@ -18,6 +18,7 @@ from grace_hpc.router.dashboard_view import JobTable
 from grace_hpc.router.fleet_jobs import ManifestJobs
 from tests.support.cli import grace
 from tests.support.router_env import canned_upstream, record, routing
+from tests.support.slurm_env import blocked_server
 
 TABLE = routing({"categories": [{"name": "default", "models": ["chat"]},
                                 {"name": "cold", "models": ["cold"], "cold_start_wait_s": 1},
@@ -85,12 +86,7 @@ def test_a_router_without_a_project_says_the_jobs_are_unknown(tmp_path):
 
 @pytest.mark.slurm
 def test_a_server_slurm_cannot_start_shows_its_pending_reason_in_the_routers_status(slurm_cluster, tiny_project):
-    (tiny_project / "configs" / "deployments" / "busy.yaml").write_text(
-        "name: busy\nservers:\n  - {name: big, partition: h100, models: [tiny], engine: llama.cpp, "
-        "max_model_len: 1024}\n")
-    hog = subprocess.run(["sbatch", "--parsable", "-p", "h100", "--gres=gpu:h100:2", "-o", "/dev/null",
-                          "--wrap", "sleep 120"], capture_output=True, text=True, check=True).stdout.strip()
-    try:
+    with blocked_server(tiny_project):
         launched = grace(tiny_project, "launch", "--deployment", "busy", "--executor", "slurm")
         assert launched.returncode == 0, launched.stderr
         config = ConfigDir(tiny_project / "configs")
@@ -102,9 +98,6 @@ def test_a_server_slurm_cannot_start_shows_its_pending_reason_in_the_routers_sta
         [job] = model["jobs"]
         reason = subprocess.run(["squeue", "-h", "-j", job["job_id"], "-o", "%r"], capture_output=True, text=True,
                                 check=True).stdout.strip()
-    finally:
-        subprocess.run(["scancel", hog], check=True)
-        grace(tiny_project, "stop", "--deployment", "busy")
     assert (model["model"], job["deployment"], job["server"], job["state"]) == ("tiny", "busy", "big", "PENDING")
     assert job["reason"] == reason and reason in ("Resources", "Priority")  # SLURM's own words
 

@@ -55,6 +55,11 @@ class Tab:
     over_budget: bool = False  # the cloud was skipped (or refused) for this user's budget
     budget: float | None = None  # the user's monthly cloud budget (KeyTable.budgets)
 
+    @property
+    def admin(self) -> bool:
+        """May see the fleet and change it (admin.py): an admin key, a shared key, or a keyless loopback router."""
+        return self.key is None or self.key.admin
+
 
 @dataclass
 class Users:

@@ -10,6 +10,7 @@ from aiohttp import web
 from grace_hpc.registry.records import EndpointState
 from grace_hpc.registry.verdicts import read_verdicts, verdict_for_endpoint, verdict_path
 from grace_hpc.router import pending, policy
+from grace_hpc.router.admin import admin_denied
 from grace_hpc.router.errors import error_response
 from grace_hpc.router.state import STATE
 
@@ -44,7 +45,7 @@ async def models(request: web.Request) -> web.Response:
 
 
 async def status(request: web.Request) -> web.Response:
-    if (denied := unauthorized(request)) is not None:
+    if (denied := admin_denied(request, "GET /status")) is not None:
         return denied
     state = request.app[STATE]
     now, stale_before = state.wall_clock(), state.stale_before()
@@ -70,7 +71,7 @@ async def status(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    if state.users.metrics_need_key and (denied := unauthorized(request)) is not None:
+    if state.users.metrics_need_key and (denied := admin_denied(request, "GET /metrics")) is not None:
         return denied
     ids = [r.id for r in state.records]
     text = state.metrics.render(
