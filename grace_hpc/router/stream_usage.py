@@ -1,12 +1,13 @@
 """A streamed answer's real token counts: ask the upstream for them, read them while relaying, hide what was not asked.
 
 Every upstream the router streams from sends one last usage-only chunk (`"choices": []` and `"usage"`, just before
-`data: [DONE]`) when the request carries `stream_options: {"include_usage": true}`: the OpenAI API, vLLM
-(`vllm/entrypoints/openai/serving_chat.py`, `serving_completion.py`: `include_usage`) and llama.cpp's server
-(`tools/server/server.cpp`, checked on xllamacpp 2026.10: the chunk carries `usage` and llama.cpp's `timings`). So
-the router always asks (`tapped`), and when the client did not, the relay drops that one chunk: the client
-sees the events it would have seen (llama.cpp then sends its `timings` extension on the dropped chunk instead of the
-last one).
+`data: [DONE]`) when the request carries `stream_options: {"include_usage": true}`: the OpenAI API; vLLM (0.32:
+`should_include_usage` in `vllm/entrypoints/serve/utils/api_utils.py`, the `final_usage_chunk` of
+`entrypoints/openai/chat_completion/serving.py` and `completion/serving.py`; `--enable-force-include-usage` sends it
+unasked); llama.cpp's server (checked on xllamacpp 2026.10: the chunk carries `usage` and llama.cpp's `timings`; its
+`/v1/completions` stream puts `usage` on the last chunk with a choice, asked or not). So the router always asks
+(`tapped`), and when the client did not, the relay drops that one chunk: the client sees the events it would have
+seen (llama.cpp then sends its `timings` extension on the dropped chunk instead of the last one).
 
 The relay stays cheap: a read is scanned (in C) for the bytes `"usage"`, which in an SSE JSON event can only be a
 key (inside a JSON string the quotes are escaped); only the event that holds it is parsed, once.
@@ -38,9 +39,9 @@ def tapped(body: Mapping[str, object]) -> tuple[dict[str, object], bytes, UsageT
 class UsageTap:
     """Fed the upstream's reads in order; returns what to write to the client; keeps the last `usage` seen.
 
-    Bytes pass straight through unless a read holds `"usage"` or ends inside an event whose read may (the
-    pattern can be split across reads): then whole events are cut out, and the usage-only one is dropped when
-    `strip` is set. A partial event is held until its end arrives; `end()` returns whatever is left."""
+    A read of whole events without `"usage"` passes straight through. Otherwise whole events are cut out (the
+    pattern can be split across reads, so a partial event is held until its end arrives) and the usage-only one
+    is dropped when `strip` is set. `end()` returns whatever is left when the upstream closes."""
 
     def __init__(self, strip: bool) -> None:
         self.strip = strip
