@@ -130,6 +130,9 @@ def router_view(url: str, api_key: str | None, timeout_s: float = 3.0) -> dict[s
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
         r = requests.get(f"{base}/status", headers=headers, timeout=timeout_s)
+        if r.status_code == 403:
+            raise UpstreamError(f"router at {base}: GRACE_ROUTER_KEY is not an admin key, and only admin keys may "
+                                "read its status; use one made by `grace-hpc keys create --user NAME --admin`")
         r.raise_for_status()
         return {e["id"]: e for e in r.json()["endpoints"]}
     except (requests.RequestException, ValueError, KeyError, TypeError) as exc:

@@ -42,6 +42,7 @@ def test_32_concurrent_requests_at_the_budget_edge_stop_within_the_in_flight_bou
     store = key_store(tmp_path)
     key, key_rec = store.create("ada", budget_usd_month=BUDGET)
     free_key, _ = store.create("bob")  # no budget
+    admin_key, _ = store.create("root", admin=True)  # reads the dashboard's usage section
     earlier = open_ledger(ledger_target)
     earlier.write([LedgerRecord(time.time() - 60, "ada", key_rec.key_id, "orchestration", None, Served.CLOUD,
                                 "standin", "cloud-model", None, 0, 0, 1.0, 200, ALREADY_SPENT)])
@@ -78,7 +79,8 @@ def test_32_concurrent_requests_at_the_budget_edge_stop_within_the_in_flight_bou
             other = requests.post(f"{url}/chat/completions", json={**BODY, "model": "orchestration"},
                                   headers={"Authorization": f"Bearer {free_key}"}, timeout=30)
             assert other.status_code == 200 and other.headers["X-Grace-Served-By"] == "cloud:standin"
-            usage = requests.get(f"{url.removesuffix('/v1')}/api/usage", headers=auth, timeout=10).json()
+            usage = requests.get(f"{url.removesuffix('/v1')}/api/usage", timeout=10,
+                                 headers={"Authorization": f"Bearer {admin_key}"}).json()
             deadline = time.monotonic() + 10
             while users.writer.written < 32 + 2 and time.monotonic() < deadline:
                 time.sleep(0.05)

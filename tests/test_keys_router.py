@@ -75,16 +75,22 @@ def test_a_key_revoked_with_the_cli_stops_working_within_one_refresh(llama_serve
             ask(url, key)
 
 
-def test_shared_router_keys_keep_working_beside_user_keys_and_metrics_can_require_a_key(llama_server, tmp_path):
+def test_shared_router_keys_keep_working_beside_user_keys_and_metrics_can_require_an_admin_key(llama_server,
+                                                                                                 tmp_path):
     server = llama_server(alias="tiny")
     store = key_store(tmp_path)
     user_key, _ = store.create("ada")
+    admin_key, _ = store.create("root", admin=True)
     with users_router(table(), tmp_path / "registry.json", [record("tiny-1", server.base_url, "tiny")], store,
                       client_keys=frozenset({"legacy-shared-key"}), metrics_need_key=True) as (url, _):
         assert ask(url, "legacy-shared-key").choices and ask(url, user_key).choices
         base = url.removesuffix("/v1")
         assert requests.get(f"{base}/metrics", timeout=10).status_code == 401
-        metrics = requests.get(f"{base}/metrics", headers={"Authorization": f"Bearer {user_key}"}, timeout=10).text
+        assert requests.get(f"{base}/metrics", headers={"Authorization": f"Bearer {user_key}"},
+                            timeout=10).status_code == 403
+        shared = requests.get(f"{base}/metrics", headers={"Authorization": "Bearer legacy-shared-key"}, timeout=10)
+        assert shared.status_code == 200  # shared keys are admin keys, as before per-user keys
+        metrics = requests.get(f"{base}/metrics", headers={"Authorization": f"Bearer {admin_key}"}, timeout=10).text
         assert 'grace_router_user_requests_total{user="shared",category="code",served="local"} 1' in metrics
         assert requests.get(f"{base}/health", timeout=10).status_code == 200  # liveness needs no key
 

@@ -12,6 +12,7 @@ from grace_hpc.config.loader import ConfigDir
 from grace_hpc.launch.launcher import launch
 from grace_hpc.launch.waiting import wait_until_settled
 from tests.support.cli import engine_pids, grace, grace_json, wait_gone
+from tests.support.slurm_env import blocked_server
 
 pytestmark = [pytest.mark.slurm, pytest.mark.engine]
 
@@ -106,18 +107,10 @@ def test_the_emitted_plain_sbatch_script_serves_the_same_way(slurm_cluster, tiny
 
 
 def test_wait_shows_slurm_pending_reason_while_a_server_cannot_start(slurm_cluster, tiny_project):
-    (tiny_project / "configs" / "deployments" / "busy.yaml").write_text(
-        "name: busy\nservers:\n  - {name: big, partition: h100, models: [tiny], engine: llama.cpp, "
-        "max_model_len: 1024}\n")
-    hog = subprocess.run(["sbatch", "--parsable", "-p", "h100", "--gres=gpu:h100:4", "-o", "/dev/null",
-                          "--wrap", "sleep 120"], capture_output=True, text=True, check=True).stdout.strip()
-    try:
+    with blocked_server(tiny_project):
         proc = grace(tiny_project, "launch", "--deployment", "busy", "--executor", "slurm", "--wait",
                      "--timeout", "8", "--json")
         assert proc.returncode == 1
         [row] = json.loads(proc.stdout)
         assert row["state"] == "waiting" and row["detail"] == "PENDING (Resources)"
         assert "not ready after 8s" in proc.stderr
-    finally:
-        subprocess.run(["scancel", hog], check=True)
-        grace(tiny_project, "stop", "--deployment", "busy")

@@ -20,7 +20,7 @@ def test_without_a_ledger_the_section_is_absent_and_its_url_is_404(tmp_path):
 
 def test_with_a_ledger_every_user_with_a_key_is_listed_with_its_budget(tmp_path):
     store = key_store(tmp_path)
-    key, _ = store.create("ada", budget_usd_month=5.0)
+    key, _ = store.create("ada", budget_usd_month=5.0, admin=True)  # the dashboard shows everyone's spend
     store.create("bob")
     with canned_upstream() as up, users_router(TABLE, tmp_path / "registry.json", [record("up-1", up, "tiny")], store,
                                                ledger=str(tmp_path / "ledger.sqlite")) as (url, _):

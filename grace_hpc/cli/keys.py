@@ -25,6 +25,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     create.add_argument("--rpm", type=int, help="requests per minute (bursts up to the same number)")
     create.add_argument("--categories", type=_categories, metavar="C1,C2", help="the only categories it may use")
     create.add_argument("--expires", type=date.fromisoformat, metavar="YYYY-MM-DD", help="last day it works (UTC)")
+    create.add_argument("--admin", action="store_true",
+                        help="may also read /status, the dashboard and /metrics, and add models to the catalog")
     listing = actions.add_parser("list", help="keys by id, user and policy (never the keys)")
     revoke = actions.add_parser("revoke", help="stop a key (or every key of --user) at the router's next refresh")
     revoke.add_argument("key_id", nargs="?", help="the key's id (`keys list`)")
@@ -52,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     store = key_store(args)
     if args.action == "create":
         key, record = store.create(args.user, budget_usd_month=args.budget_usd, rpm=args.rpm,
-                                   categories=args.categories, expires=args.expires)
+                                   categories=args.categories, expires=args.expires, admin=args.admin)
         return _show_new(key, record, store.path)
     if args.action == "rotate":
         key, record = store.rotate(args.key_id)
@@ -73,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _show_new(key: str, record: KeyRecord, where: object) -> int:
     print(key)  # the only time the key is shown: stdout alone, so `KEY=$(grace-hpc keys create ...)` works
-    print(f"key {record.key_id} for user {record.user} stored (hashed) in {where}; it is not shown again",
+    print(f"{'admin ' if record.admin else ''}key {record.key_id} for user {record.user} stored (hashed) in {where};"
+          " it is not shown again",
           file=sys.stderr)
     return 0
 
@@ -81,11 +84,12 @@ def _show_new(key: str, record: KeyRecord, where: object) -> int:
 def _table(records: list[KeyRecord]) -> None:
     from rich.table import Table
 
-    table = Table("id", "user", "state", "budget USD/month", "rpm", "categories", "expires")
+    table = Table("id", "user", "state", "admin", "budget USD/month", "rpm", "categories", "expires")
     today = date.today()
     for r in records:
         state = "revoked" if r.revoked_at else "expired" if not r.active(today) else "active"
-        table.add_row(r.key_id, r.user, state, "-" if r.budget_usd_month is None else f"{r.budget_usd_month:g}",
+        table.add_row(r.key_id, r.user, state, "admin" if r.admin else "-",
+                      "-" if r.budget_usd_month is None else f"{r.budget_usd_month:g}",
                       "-" if r.rpm is None else str(r.rpm), ",".join(r.categories) if r.categories else "all",
                       str(r.expires or "-"))
     console().print(table)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 
 from grace_hpc.errors import GraceError
@@ -22,6 +22,8 @@ from grace_hpc.registry.records import EndpointRecord
 REMEMBER_S = 30.0
 PUBLISH_S = 1.0
 POLL_S = 0.25
+#: seconds between two keep-alive comments of a streamed request that waits (read at each tick: a test may shorten it)
+KEEPALIVE_S = 5.0
 
 
 class DemandBook:
@@ -42,6 +44,11 @@ class DemandBook:
             yield
         finally:
             self.held[model] -= 1
+
+    def wanted(self) -> set[str]:
+        """Models with requests held for them now or turned away in the last REMEMBER_S seconds."""
+        since = self.clock() - REMEMBER_S
+        return {m for m, n in self.held.items() if n} | {m for m, t in self.turned_away.items() if t and t[-1] >= since}
 
     def demand(self, records: Iterable[EndpointRecord], in_flight: Mapping[str, int], at: float) -> Demand:
         since = self.clock() - REMEMBER_S
@@ -70,12 +77,21 @@ async def publish(book: DemandBook, target: DemandFile, records: Callable[[], li
 
 
 async def wait_for_replica(book: DemandBook, model: str, ready: Callable[[], bool], wait_s: float,
-                           clock: Callable[[], float] = time.monotonic) -> bool:
-    """Hold a request for `model` up to `wait_s` seconds until `ready()`; False when no replica came."""
+                           clock: Callable[[], float] = time.monotonic, *,
+                           keepalive: Callable[[], Awaitable[bool]] | None = None) -> bool:
+    """Hold a request for `model` up to `wait_s` seconds until `ready()`; False when no replica came. `keepalive`
+    (a streamed request's, coldstream.py) is awaited at once and every `KEEPALIVE_S`; it returns
+    False when the client has gone, which ends the wait."""
     deadline = clock() + wait_s
+    tick_at = clock()
     with book.holding(model):
         while not ready():
-            if clock() >= deadline:
+            now = clock()
+            if now >= deadline:
                 return False
+            if keepalive is not None and now >= tick_at:
+                if not await keepalive():
+                    return False
+                tick_at = now + KEEPALIVE_S
             await asyncio.sleep(POLL_S)
     return True

@@ -6,7 +6,8 @@
     GET /api/load              per endpoint: in flight vs capacity, req/s, p50/p95, errors, ejections (15 min)
     GET /api/routing           requests per category, local vs cloud share (15 min)
 
-The API needs a router key exactly as /status does (none on a loopback router started without keys). Nothing
+The API needs an admin key, as /status does (admin.py; none on a loopback router started without keys); the page
+itself holds no data and asks for the key. Nothing
 here runs unless a page or a script asks: the request path only records samples (`samples.py`).
 A new panel is one more entry in `SECTIONS`: a builder that returns its section, or None when its source is
 absent (the section is then left out of /api/dashboard and its own URL answers 404).
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from pydantic import BaseModel
 
+from grace_hpc.router.admin import admin_denied
 from grace_hpc.router.dashboard_view import fleet_section, load_section, routing_section
 from grace_hpc.router.errors import error_response
 from grace_hpc.router.fleet_jobs import CachedJobs, JobsSource
@@ -107,10 +109,7 @@ SECTIONS: dict[str, Callable[[Dashboard], Awaitable[BaseModel | None]]] = {
 
 
 def _denied(request: web.Request) -> web.Response | None:
-    if request.app[DASHBOARD].state.users.open(request.headers.get("Authorization")) is not None:
-        return None
-    return error_response(401, "the dashboard's API needs a router key: `Authorization: Bearer KEY` (the page asks "
-                               "for it once per browser tab)", "invalid_api_key", error_type="authentication_error")
+    return admin_denied(request, f"GET {request.path}", " (the page asks for it once per browser tab)")
 
 
 def _json(data: dict[str, object]) -> web.Response:

@@ -6,7 +6,7 @@
     POST /api/models           the same body (or {"hf_id": ID} for a config.json in paths.hf_cache), plus
                                "dry_run"?: the entry written into models.yaml (201)
 
-Every call needs a router key as /api/dashboard does; writing also needs a router started with keys (a keyless
+Every call needs an admin key as /api/dashboard does (admin.py); writing also needs a router started with keys (a keyless
 loopback router is open to every user of a shared login node). Pasted text is parsed, never followed: no call
 here fetches anything. The numbers are those of `grace-hpc models add --json` and `plan --json`, from the same
 functions (grace_hpc/workbench.py), run off the event loop so routing never waits for them.
@@ -23,6 +23,7 @@ from aiohttp import web
 
 from grace_hpc.config.loader import ConfigDir
 from grace_hpc.errors import ConfigError, GraceError
+from grace_hpc.router.admin import admin_denied
 from grace_hpc.router.errors import error_response
 from grace_hpc.router.state import STATE
 from grace_hpc.workbench import Overrides, add_entry, describe, entry_from_cache, entry_from_page_or_cache
@@ -48,10 +49,7 @@ def add_models_api(app: web.Application, configs: ConfigDir) -> None:
 
 
 def _denied(request: web.Request) -> web.Response | None:
-    if request.app[STATE].users.open(request.headers.get("Authorization")) is not None:
-        return None
-    return error_response(401, "the models API needs a router key: `Authorization: Bearer KEY`", "invalid_api_key",
-                          error_type="authentication_error")
+    return admin_denied(request, f"{request.method} {request.path}")
 
 
 def _json(data: object, status: int = 200) -> web.Response:

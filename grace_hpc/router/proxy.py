@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from grace_hpc.errors import GraceError
-from grace_hpc.router import coldstart, policy
+from grace_hpc.router import coldstart, coldstream, policy, stream_usage
 from grace_hpc.router.access_log import CLIENT_CLOSED, AccessRecord
 from grace_hpc.router.errors import error_response
 from grace_hpc.router.failures import CLIENT_ERROR, EJECT_AFTER, FailureKind, UpstreamFailure
@@ -118,13 +118,17 @@ async def _serve(request: web.Request, state: RouterState, exchange: Exchange) -
     if not attempts and (too_long := policy.too_long(route, state.records, prompt, counted, stale_before)):
         state.users.finish(tab, 400)
         return _refuse(state, exchange, 400, "context_length_exceeded", too_long.message(), "context_length_exceeded")
+    stream = body.get("stream") is True
     if route.models and not any(isinstance(a, policy.EndpointAttempt) for a in attempts):
-        if await _cold_start(state, route, attempts):
+        keepalive = coldstream.Keepalive(request, exchange.request_id, route.models[0], exchange.progress) \
+            if stream else None
+        if await _cold_start(state, route, attempts, keepalive):
             attempts = plan()
         else:
             state.demand.unserved(route.models[0])
     suffix = ROUTES[request.path]
-    stream = body.get("stream") is True
+    if stream and suffix != "/embeddings":  # ask for the real token counts, relay them only if the client asked
+        body, raw, exchange.progress.tap = stream_usage.tapped(body)
     headers = {REQUEST_ID: exchange.request_id}
     failures: list[UpstreamFailure] = []
     for attempt in attempts:
@@ -160,7 +164,8 @@ async def _serve(request: web.Request, state: RouterState, exchange: Exchange) -
         _account(state, route, attempt, relayed, failures, exchange)
         _finish(state, tab, attempt, relayed)
         return relayed.response
-    return _nothing_served(state, route, failures, exchange, tab)
+    refused = _nothing_served(state, route, failures, exchange, tab)
+    return refused if exchange.progress.begun is None else await coldstream.end_with(exchange.progress.begun, refused)
 
 
 def _finish(state: RouterState, tab: Tab, attempt: policy.Attempt, relayed: Relayed) -> None:
@@ -171,9 +176,11 @@ def _finish(state: RouterState, tab: Tab, attempt: policy.Attempt, relayed: Rela
         state.users.finish(tab, relayed.status, provider=attempt.provider, model=attempt.model, usage=relayed.usage)
 
 
-async def _cold_start(state: RouterState, route: policy.Route, attempts: list[policy.Attempt]) -> bool:
+async def _cold_start(state: RouterState, route: policy.Route, attempts: list[policy.Attempt],
+                      keepalive: coldstream.Keepalive | None) -> bool:
     """Hold a request that nothing can serve (no replica, no cloud) up to its category's `cold_start_wait_s` for
-    the first replica the fleet controller starts; True once one is routable."""
+    the first replica the fleet controller starts; True once one is routable. A streamed request's `keepalive`
+    starts its answer and keeps it alive meanwhile (coldstream.py)."""
     wait_s = route.category.cold_start_wait_s
     if attempts or not wait_s:
         return False
@@ -182,7 +189,7 @@ async def _cold_start(state: RouterState, route: policy.Route, attempts: list[po
         stale_before = state.stale_before()
         return any(state.routable(r, stale_before) and policy.serves(r, m) for r in state.records for m in route.models)
 
-    return await coldstart.wait_for_replica(state.demand, route.models[0], ready, wait_s)
+    return await coldstart.wait_for_replica(state.demand, route.models[0], ready, wait_s, keepalive=keepalive)
 
 
 async def _count_undecided(state: RouterState, route: policy.Route, body: dict, prompt: policy.PromptSize,

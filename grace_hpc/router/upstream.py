@@ -23,6 +23,7 @@ import aiohttp
 from aiohttp import web
 
 from grace_hpc.router.failures import FailureKind, UpstreamFailure, classify_status
+from grace_hpc.router.stream_usage import UsageTap
 
 # Only Content-Type (and our X-Grace-* provenance headers) reach the client: hop-by-hop and length headers are the
 # server's business (RFC 9110 section 7.6.1), and an upstream's server banner or cookies are nobody's.
@@ -48,9 +49,13 @@ class Target:
 @dataclass
 class StreamProgress:
     """Shared with the caller, so it is known even when the handler is cancelled mid-write: whether the client
-    already has the whole answer (`data: [DONE]`), after which its hang-up is an ordinary end, not a disconnect."""
+    already has the whole answer (`data: [DONE]`), after which its hang-up is an ordinary end, not a disconnect.
+    `begun`: the client's stream, already started while the request waited for a replica (coldstream.py);
+    `tap`: reads the stream's `usage` on the way (stream_usage.py)."""
 
     answered: bool = False
+    begun: web.StreamResponse | None = None
+    tap: UsageTap | None = None
 
 
 @dataclass
@@ -119,6 +124,10 @@ async def relay(
     if stream and resp.status == 200 and content_type.startswith("text/event-stream"):
         return await _relay_stream(request, resp, first, target, headers, progress)
     resp.release()
+    if progress.begun is not None:  # the client's stream has started: the answer (an error) becomes its last event
+        relayed = Relayed(progress.begun, resp.status)
+        relayed.client_gone = not await end_stream(progress.begun, body)
+        return relayed
     out = web.Response(body=body, status=resp.status, headers=headers)
     out.headers["Content-Type"] = content_type or "application/json"
     out.headers.update(target.provenance())
@@ -162,22 +171,26 @@ async def _relay_stream(
     request: web.Request, resp: aiohttp.ClientResponse, first: bytes, target: Target, headers: Mapping[str, str],
     progress: StreamProgress,
 ) -> Relayed:
-    out = web.StreamResponse(status=200, headers=headers)
-    out.headers["Content-Type"] = resp.headers.get("Content-Type", "text/event-stream")
-    out.headers["Cache-Control"] = "no-cache"
-    out.headers.update(target.provenance())
+    out = progress.begun
+    if out is None:
+        out = web.StreamResponse(status=200, headers=headers)
+        out.headers["Content-Type"] = resp.headers.get("Content-Type", "text/event-stream")
+        out.headers["Cache-Control"] = "no-cache"
+        out.headers.update(target.provenance())
     relayed = Relayed(out, 200)
     upstream_done = False
+    tap = progress.tap
     try:
-        if not await _to_client(out.prepare(request)):
+        if not out.prepared and not await _to_client(out.prepare(request)):
             relayed.client_gone = True
             return relayed
         chunk = first
         while chunk:
-            if not await _to_client(out.write(chunk)):  # waits for the client to drain: backpressure upstream
+            data = tap.feed(chunk) if tap is not None else chunk
+            if data and not await _to_client(out.write(data)):  # waits for the client to drain: backpressure
                 relayed.client_gone = True
                 return relayed
-            progress.answered = chunk.rstrip().endswith(b"data: [DONE]")
+            progress.answered = data.rstrip().endswith(b"data: [DONE]")
             try:
                 chunk = await resp.content.readany()
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
@@ -187,6 +200,9 @@ async def _relay_stream(
                 relayed.client_gone = not ended
                 return relayed
         upstream_done = progress.answered = True
+        if tap is not None:
+            relayed.usage = tap.usage
+            await _to_client(out.write(tap.end()))
         await _to_client(out.write_eof())  # a client that closes after the last event has its whole answer
         return relayed
     finally:
@@ -194,6 +210,13 @@ async def _relay_stream(
             resp.release()
         else:  # drop the connection: vLLM and llama.cpp stop generating for a request whose socket closed
             resp.close()
+
+
+async def end_stream(out: web.StreamResponse, body: bytes) -> bool:
+    """End a started stream with `body` (a JSON answer, usually an OpenAI error object) as its last event, then
+    `[DONE]`: the OpenAI client raises an `APIError` with it. False when the client has gone."""
+    return (await _to_client(out.write(b"data: " + body.replace(b"\n", b"") + b"\n\ndata: [DONE]\n\n"))
+            and await _to_client(out.write_eof()))
 
 
 async def _to_client(write: Awaitable[object]) -> bool:

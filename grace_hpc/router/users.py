@@ -55,6 +55,11 @@ class Tab:
     over_budget: bool = False  # the cloud was skipped (or refused) for this user's budget
     budget: float | None = None  # the user's monthly cloud budget (KeyTable.budgets)
 
+    @property
+    def admin(self) -> bool:
+        """May see the fleet and change it (admin.py): an admin key, a shared key, or a keyless loopback router."""
+        return self.key is None or self.key.admin
+
 
 @dataclass
 class Users:
@@ -163,7 +168,7 @@ class Users:
         prompt, completion = _tokens(usage)
         cost = 0.0
         if provider is not None and tab.reservation is not None:
-            # a stream's answer carries no usage the router parses: its reserved estimate is what it is charged
+            # an answer without usage (a provider that ignores stream_options) is charged its reserved estimate
             cost = cost_usd(provider, prompt, completion) if usage is not None else tab.reservation.amount
             self.book.settle(tab.reservation, cost, tab.arrived)
             tab.reservation = None

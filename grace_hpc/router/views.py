@@ -9,7 +9,8 @@ from aiohttp import web
 
 from grace_hpc.registry.records import EndpointState
 from grace_hpc.registry.verdicts import read_verdicts, verdict_for_endpoint, verdict_path
-from grace_hpc.router import policy
+from grace_hpc.router import pending, policy
+from grace_hpc.router.admin import admin_denied
 from grace_hpc.router.errors import error_response
 from grace_hpc.router.state import STATE
 
@@ -44,7 +45,7 @@ async def models(request: web.Request) -> web.Response:
 
 
 async def status(request: web.Request) -> web.Response:
-    if (denied := unauthorized(request)) is not None:
+    if (denied := admin_denied(request, "GET /status")) is not None:
         return denied
     state = request.app[STATE]
     now, stale_before = state.wall_clock(), state.stale_before()
@@ -62,12 +63,15 @@ async def status(request: web.Request) -> web.Response:
     cloud = [{"name": p.name, "base_url": p.base_url, "key_env": p.api_key_env,
               "key_set": bool(state.environ.get(p.api_key_env)), **state.cloud_health.status(p.name)}
              for p in state.routing.cloud]
-    return web.json_response({"registry_error": state.registry_error, "endpoints": endpoints, "cloud": cloud})
+    routable = {m for r in state.records if state.routable(r, stale_before) for m in (r.model, r.served_model_name)}
+    waiting = pending.not_ready(await pending.job_table(request.app), routable, state.demand.wanted())
+    return web.json_response({"registry_error": state.registry_error, "endpoints": endpoints, "cloud": cloud,
+                              "not_ready": waiting})
 
 
 async def metrics(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    if state.users.metrics_need_key and (denied := unauthorized(request)) is not None:
+    if state.users.metrics_need_key and (denied := admin_denied(request, "GET /metrics")) is not None:
         return denied
     ids = [r.id for r in state.records]
     text = state.metrics.render(

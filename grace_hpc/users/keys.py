@@ -45,6 +45,7 @@ class KeyRecord(BaseModel):
     categories: tuple[str, ...] | None = None  # allowed categories; None: all
     expires: date | None = None  # last day the key works (UTC)
     revoked_at: float | None = None
+    admin: bool = False  # may see /status, the dashboard and /metrics, and write the catalog (router/admin.py)
 
     def active(self, today: date) -> bool:
         return self.revoked_at is None and (self.expires is None or today <= self.expires)
@@ -117,11 +118,12 @@ class KeyStore:
         return list(doc.keys) if doc else []
 
     def create(self, user: str, *, budget_usd_month: float | None = None, rpm: int | None = None,
-               categories: tuple[str, ...] | None = None, expires: date | None = None) -> tuple[str, KeyRecord]:
+               categories: tuple[str, ...] | None = None, expires: date | None = None,
+               admin: bool = False) -> tuple[str, KeyRecord]:
         """A new key for `user`: returns (the key, to show once, and its record)."""
         with self._changing() as (doc, keys):
             key, record = self._new_key(doc, keys, user=user, budget_usd_month=budget_usd_month, rpm=rpm,
-                                        categories=categories, expires=expires)
+                                        categories=categories, expires=expires, admin=admin)
             keys.append(record)
         return key, record
 
@@ -144,7 +146,7 @@ class KeyStore:
                 raise ConfigError(f"no active key id {key_id!r} in {self.path}; see `grace-hpc keys list`")
             old = keys[hits[0]]
             keys[hits[0]] = old.model_copy(update={"revoked_at": self.clock()})
-            policy = old.model_dump(include={"user", "budget_usd_month", "rpm", "categories", "expires"})
+            policy = old.model_dump(include={"user", "budget_usd_month", "rpm", "categories", "expires", "admin"})
             key, record = self._new_key(doc, keys, **policy)
             keys.append(record)
         return key, record
