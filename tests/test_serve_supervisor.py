@@ -5,6 +5,8 @@ per heartbeat, and engine arguments reach the engine untouched."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 import threading
 import time
@@ -19,6 +21,7 @@ from grace_hpc.errors import EngineError
 from grace_hpc.registry.keys import read_key_file
 from grace_hpc.registry.records import EndpointState
 from grace_hpc.registry.store import Registry
+from grace_hpc.serve.inflight import busy_slots, queued
 from grace_hpc.serve.spec import ModelLaunch, ServeSpec
 from grace_hpc.serve.supervisor import Supervisor, beat_interval
 
@@ -170,3 +173,45 @@ def test_a_server_started_while_the_registry_is_unreadable_serves_and_registers_
 
 def test_failed_registry_writes_back_off_to_four_heartbeats():
     assert [beat_interval(5.0, n) for n in range(6)] == [5.0, 5.0, 10.0, 20.0, 20.0, 20.0]
+
+
+@pytest.mark.engine
+def test_a_drain_stops_new_requests_first_and_lets_the_one_in_flight_finish_before_the_engine_stops(
+        tmp_path, tiny_gguf, while_serving):
+    supervisor = Supervisor(spec(tmp_path, launch("one", str(tiny_gguf), "-c", "4096")))
+    registry = Registry(tmp_path / "registry" / "registry.json")
+    seen: dict[str, object] = {}
+    first_token = threading.Event()
+
+    def stream(record: dict) -> None:
+        key = read_key_file(record["api_key_file"])
+        with requests.post(f"{record['base_url']}/completions", headers={"Authorization": f"Bearer {key}"},
+                           json={"model": "one", "prompt": "Once upon a time", "max_tokens": 3000, "stream": True,
+                                 "ignore_eos": True}, stream=True, timeout=120) as r:
+            lines = []
+            for line in r.iter_lines():
+                first_token.set()
+                lines.append(line)
+        seen["status"], seen["last"] = r.status_code, [line for line in lines if line][-1]
+        seen["state_at_end"] = [e.state for e in registry.list()]
+
+    def scenario() -> None:
+        wait_for(lambda: [r.state for r in registry.list()] == [EndpointState.READY])
+        [record] = endpoints(tmp_path / "registry" / "registry.json").values()
+        client = threading.Thread(target=stream, args=(record,))
+        client.start()
+        assert first_token.wait(30)  # the request is on the engine (2,000 tokens take this engine about a second)
+        os.kill(os.getpid(), signal.SIGUSR1)  # the fleet controller's drain
+        wait_for(lambda: [r.state for r in registry.list()] == [EndpointState.DRAINING], timeout_s=5)
+        client.join(timeout=120)
+    while_serving(supervisor, scenario)
+    assert seen["status"] == 200 and seen["last"] == b"data: [DONE]", seen
+    assert seen["state_at_end"] == [EndpointState.DRAINING], ("deregistered (engine stopped) before it finished", seen)
+    assert registry.list() == []
+
+
+def test_in_flight_requests_are_read_from_llamacpp_slots_and_vllm_gauges():
+    assert busy_slots('[{"id":0,"is_processing":true},{"id":1,"is_processing":false}]') == 1
+    assert queued("vllm:num_requests_running{model_name=\"m\"} 2.0\nvllm:num_requests_waiting{model_name=\"m\"} 3.0\n"
+                  ) == 5
+    assert queued("# no gauges\n") is None

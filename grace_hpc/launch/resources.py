@@ -80,8 +80,9 @@ def _check_submittable(name: str, value: str) -> None:
                           "submit the script of `launch --emit-sbatch` instead")
 
 
-def slurm_parameters(res: JobResources, setup: tuple[str, ...] = ()) -> dict[str, object]:
-    """Parameters for `submitit.SlurmExecutor.update_parameters`, in its own names (sbatch's, `_` for `-`)."""
+def slurm_parameters(res: JobResources, setup: tuple[str, ...] = (), *, requeue: bool = True) -> dict[str, object]:
+    """Parameters for `submitit.SlurmExecutor.update_parameters`, in its own names (sbatch's, `_` for `-`).
+    `requeue=False` for the fleet controller's jobs: a successor replaces them, SLURM must not bring them back."""
     params: dict[str, object] = {
         "job_name": res.job_name,
         "partition": res.partition,
@@ -90,7 +91,8 @@ def slurm_parameters(res: JobResources, setup: tuple[str, ...] = ()) -> dict[str
         "time": res.time_min,
         "signal_delay_s": SIGNAL_DELAY_S,
         # a flag (`--exclusive`) is True: submitit writes `#SBATCH --exclusive`
-        "additional_parameters": {"requeue": True, **{k: True if v is None else v for k, v in res.extra}},
+        "additional_parameters": {"requeue" if requeue else "no-requeue": True,
+                                  **{k: True if v is None else v for k, v in res.extra}},
     }
     for key, value in (("gres", res.gres), ("account", res.account), ("qos", res.qos),
                        ("constraint", res.constraint)):

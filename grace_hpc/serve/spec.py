@@ -47,3 +47,6 @@ class ServeSpec:
     advertise_host: str | None  # None: this node's hostname
     ready_timeout_s: float = 1800.0
     env: tuple[tuple[str, str], ...] = ()  # extra environment for the engines (HF_HOME ...)
+    # submitted by the fleet controller, which hands the replica over to a successor before its time limit: the
+    # job ignores SLURM's time-limit warning (USR2) and does not requeue itself (see supervisor.py)
+    handover: bool = False

@@ -2,7 +2,11 @@
 
     pick ports -> make keys -> start engines (logs to files) -> register `starting`
     -> prove each can serve (one real token, or one embedding) -> `ready` -> heartbeat until told to stop
-    -> on SIGTERM/USR2: `draining`, stop engines, deregister (USR2: requeue via submitit's checkpoint)
+    -> on USR1 (the fleet controller: a successor is ready, or a scale-down) or SIGTERM (scancel, preemption, the
+       time limit): drain = publish `draining` (the router, which re-reads the registry every second, stops
+       choosing it), wait for the engine's in-flight requests to finish, stop the engines, deregister
+    -> on USR2 (SLURM's time-limit warning, submitit's preemption signal): drain and requeue via submitit's
+       checkpoint; a job of the fleet controller (`spec.handover`) ignores it: its successor takes over instead
     -> on engine exit: record exit code and log tail, deregister, fail the job with that message.
 
 The registry is never a reason to stop serving: a write that fails (NFS ESTALE, a lock held too long, a file
@@ -31,6 +35,7 @@ from grace_hpc.registry.keys import key_path, new_api_key, write_key_file
 from grace_hpc.registry.records import EndpointRecord, EndpointState, PlanSummary
 from grace_hpc.registry.store import Registry
 from grace_hpc.serve.engine import EngineProcess, log_tail
+from grace_hpc.serve.inflight import in_flight
 from grace_hpc.serve.readiness import probe
 from grace_hpc.serve.resolve import resolve_argv
 from grace_hpc.serve.spec import ModelLaunch, ServeSpec
@@ -41,6 +46,21 @@ REQUEUE_SIGNAL_WAIT_S = 2.0
 #: While registry writes fail, retry after 1, 2, 4, 4, ... heartbeats: a sick mount is not hammered, and the job's
 #: entries are back within four heartbeats of the registry's return.
 MAX_BACKOFF_BEATS = 4
+#: After publishing `draining`, how long before in-flight requests are counted: the router re-reads the registry
+#: every second (`grace-hpc route`'s poll), so a request it chose just before is on the engine by then.
+ROUTER_SETTLE_S = 2.0
+#: A drain the fleet controller ordered (USR1) waits this long at most for in-flight requests.
+DRAIN_TIMEOUT_S = 600.0
+#: A drain on SIGTERM waits at most this long: SLURM kills the job KillWait seconds after SIGTERM (30 s by default).
+TERM_DRAIN_S = 20.0
+#: In-flight requests are asked of the engine this often; two zero answers in a row end the drain (llama.cpp shows
+#: a request queued for a slot only once it has one).
+DRAIN_POLL_S = 0.5
+
+
+#: why the supervisor stopped (the endpoint's last_error while it drains; the fleet controller reads it)
+ORDERED = "drained by the fleet controller (USR1: a successor is ready, or a scale-down)"
+TERMINATED = "stopped by SIGTERM (scancel, preemption or the time limit)"
 
 
 def free_port(host: str) -> int:
@@ -90,10 +110,15 @@ class Supervisor:
         self._beat_failures = 0  # registry writes failed in a row
         self._published: set[str] = set()  # endpoint ids written at least once (missing later: put back)
         self._shut_down = False
+        self._stop_reason = TERMINATED
+        self._drain_deadline = time.monotonic() + TERM_DRAIN_S  # replaced by the signal that starts the drain
 
     # -- lifecycle --------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        handlers = {signal.SIGTERM: self._on_sigterm, signal.SIGUSR1: self._on_drain}
+        if self.spec.handover:
+            handlers[signal.SIGUSR2] = self._on_time_limit_warning
+        previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
         t0 = time.time()
         try:
             for launch in self.spec.models:
@@ -103,35 +128,70 @@ class Supervisor:
             while not self.stopping.wait(self.spec.heartbeat_s):
                 self._check_engines()
                 self._heartbeat()
-            self.shutdown("stopped by SIGTERM")
-            # preemption sends USR2 right after SIGTERM: give submitit's handler the chance to requeue us
-            time.sleep(REQUEUE_SIGNAL_WAIT_S)
+            self.shutdown(self._stop_reason, drain=True)
+            if not (self.spec.handover or self._stop_reason == ORDERED):
+                # preemption sends USR2 right after SIGTERM: give submitit's handler the chance to requeue us
+                time.sleep(REQUEUE_SIGNAL_WAIT_S)
         except BaseException as exc:
             self.shutdown(f"failed: {exc}" if isinstance(exc, Exception) else "interrupted")
             raise
         finally:
-            signal.signal(signal.SIGTERM, previous)
-        return {"server": self.spec.server, "served_s": round(time.time() - t0, 1)}
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return {"server": self.spec.server, "served_s": round(time.time() - t0, 1), "stopped": self._stop_reason}
 
     def _on_sigterm(self, signum: int, frame: object) -> None:
+        # SLURM sends SIGKILL KillWait seconds after SIGTERM: a drain under way (USR1) is cut short to fit
+        self._drain_deadline = min(self._drain_deadline, time.monotonic() + TERM_DRAIN_S)
+        if not self.stopping.is_set():
+            self._stop_reason = TERMINATED
         self.stopping.set()
 
-    def shutdown(self, reason: str) -> None:
-        """Drain, stop every engine, deregister, delete the keys. Every step is idempotent and nothing is skipped on
-        a second call: on preemption the USR2 handler calls this again while the SIGTERM-triggered call may be half
-        way. An engine whose start failed half way is in `running` too, so nothing it made is left behind."""
+    def _on_drain(self, signum: int, frame: object) -> None:
+        if not self.stopping.is_set():
+            self._stop_reason = ORDERED
+            self._drain_deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        self.stopping.set()
+
+    def _on_time_limit_warning(self, signum: int, frame: object) -> None:
+        print("grace-hpc supervisor: USR2 (time limit near): serving on until the fleet controller's successor is "
+              "ready (USR1) or the limit (SIGTERM); not requeued", flush=True)
+
+    def shutdown(self, reason: str, *, drain: bool = False) -> None:
+        """Stop taking requests (`draining`), with `drain` wait for those in flight, stop every engine, deregister,
+        delete the keys. Every step is idempotent and nothing is skipped on a second call: on preemption the USR2
+        handler calls this again while the SIGTERM-triggered call may be half way. An engine whose start failed half
+        way is in `running` too, so nothing it made is left behind."""
         self._shut_down = True
         live = [r for r in self.running if r.record.state is not EndpointState.GONE]  # GONE stays, for `status`
+        serving = [r for r in live if r.record.state is EndpointState.READY]
         for r in live:
             r.set_state(EndpointState.DRAINING, last_error=reason)
         if live:
             self._quietly(self.registry.publish, [r.record for r in live])
+        if drain and serving:
+            self._drain(serving)
         for r in self.running:
             r.engine.stop()
         for r in live:
             self._quietly(self.registry.deregister, r.record.id)
         for r in self.running:
             Path(r.record.api_key_file or "").unlink(missing_ok=True)
+
+    def _drain(self, serving: list[Running]) -> None:
+        """Wait (until the drain deadline) for the engines to finish the requests they were sent before the router
+        saw `draining`."""
+        time.sleep(min(ROUTER_SETTLE_S, max(0.0, self._drain_deadline - time.monotonic())))
+        zeros = 0
+        while time.monotonic() < self._drain_deadline:
+            counts = [in_flight(r.record.base_url.replace(r.record.host, "127.0.0.1", 1), r.launch.engine, r.api_key)
+                      for r in serving]
+            busy = sum(c or 0 for c in counts)  # None: the engine cannot tell; its requests are not waited for
+            zeros = zeros + 1 if busy == 0 else 0
+            if zeros >= 2:
+                return
+            time.sleep(DRAIN_POLL_S)
+        print(f"grace-hpc supervisor: drain time is up with requests still in flight on {self.spec.server}", flush=True)
 
     @staticmethod
     def _quietly(fn: Any, *args: Any, **kwargs: Any) -> None:
