@@ -41,7 +41,7 @@ class World:
         self.ends: dict[str, float] = {}  # job id -> the end of its wall time (running jobs with a limit)
         self.ready: set[str] = set()  # jobs whose endpoints are `ready` in the registry
         self.draining: dict[str, str] = {}  # jobs whose endpoints are `draining`: why
-        self.signalled: list[tuple[str, str]] = []  # (job id, "USR1"|"cancel")
+        self.signalled: list[tuple[str, str]] = []  # (job id, "drain"|"cancel")
         self.recorded: list[str] = []  # every job the manifest ever recorded
         self.ids = itertools.count(100)
         self.steps = itertools.count()
@@ -84,7 +84,7 @@ class World:
         for j in job_ids:
             server, replica, _ = self.queue[j]
             self.queue[j] = (server, replica, "COMPLETED" if gracefully else "CANCELLED")
-            self.signalled.append((j, "USR1" if gracefully else "cancel"))
+            self.signalled.append((j, "drain" if gracefully else "cancel"))
         self.step()
         for j in job_ids:
             self.manifest.pop(j, None)
@@ -281,13 +281,19 @@ def test_each_pass_records_what_the_fleet_held_and_what_the_load_needed(tmp_path
 # -- wall-time handover, preemption, crash backoff ----------------------------------------------------------------
 
 
-def handover_world(tmp_path, **kw):
-    """One ready replica whose 120 s wall time started now; handover_lead_s 60; passes every 5 s."""
+def timed_world(tmp_path, **kw) -> tuple[World, Clock, Router, Controller, str]:
+    """A controller over a world that keeps time, after its first pass: the one replica it submitted, pending."""
     clock = Clock()
     world, router = World(clock), Router(clock)
-    c = controller(tmp_path, world, clock, router, lead=60, **kw)
+    c = controller(tmp_path, world, clock, router, **kw)
     c.reconcile()
     [(first, _)] = world.alive("s")
+    return world, clock, router, c, first
+
+
+def handover_world(tmp_path, **kw):
+    """One ready replica whose 120 s wall time started now; handover_lead_s 60; passes every 5 s."""
+    world, clock, router, c, first = timed_world(tmp_path, lead=60, **kw)
     world.start(first, wall_s=120)
     return world, clock, router, c, first
 
@@ -307,7 +313,7 @@ def test_a_replica_gets_one_successor_when_its_time_left_falls_within_the_lead_a
     assert world.signalled == []
     world.ready.add(successor)
     c.reconcile()
-    assert world.signalled == [(first, "USR1")], "the old replica drains (USR1), it is not cancelled"
+    assert world.signalled == [(first, "drain")], "the old replica drains, it is not cancelled"
     assert world.alive("s") == [(successor, 1)]
     assert c.journal.read().books["s"].successors == {}
 
@@ -363,7 +369,7 @@ def test_a_scale_down_the_controller_orders_is_a_drain_not_a_preemption_to_repla
     passes(c, clock, 40)
     assert len(world.alive("s")) == 1
     assert Reason.REPLACE not in {c.journal.read().decisions["s"].reason}
-    assert {how for _, how in world.signalled} == {"USR1"}, "running replicas drain their requests"
+    assert {how for _, how in world.signalled} == {"drain"}, "running replicas drain their requests"
 
 
 def test_the_backoff_doubles_from_30_seconds_up_to_half_an_hour():
@@ -389,11 +395,7 @@ def test_an_engine_that_keeps_failing_at_start_is_resubmitted_with_backoff_until
 
 
 def test_a_replica_that_becomes_ready_resets_the_backoff(tmp_path):
-    clock = Clock()
-    world, router = World(clock), Router(clock)
-    c = controller(tmp_path, world, clock, router)
-    c.reconcile()
-    [(job, _)] = world.alive("s")
+    world, clock, _, c, job = timed_world(tmp_path)
     world.end(job, "FAILED")
     clock.now += 5
     c.reconcile()
@@ -406,3 +408,13 @@ def test_a_replica_that_becomes_ready_resets_the_backoff(tmp_path):
     c.reconcile()
     book = c.journal.read().books["s"]
     assert (book.failures, book.retry_at) == (0, 0.0)
+
+
+def test_a_replica_stopped_from_outside_before_it_was_ready_is_replaced_not_counted_as_a_failed_start(tmp_path):
+    world, clock, _, c, job = timed_world(tmp_path)
+    world.start(job, ready=False)
+    world.end(job, "CANCELLED")  # preempted, or scancel'd by an admin, while the engine was loading
+    clock.now += 5
+    c.reconcile()
+    book = c.journal.read().books["s"]
+    assert book.failures == 0 and len(world.alive("s")) == 1

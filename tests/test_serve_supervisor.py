@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 import threading
 import time
@@ -23,7 +22,7 @@ from grace_hpc.registry.records import EndpointState
 from grace_hpc.registry.store import Registry
 from grace_hpc.serve.inflight import busy_slots, queued
 from grace_hpc.serve.spec import ModelLaunch, ServeSpec
-from grace_hpc.serve.supervisor import Supervisor, beat_interval
+from grace_hpc.serve.supervisor import DRAIN_SIGNAL, Supervisor, beat_interval
 
 LLAMA = (sys.executable, "-m", "grace_hpc.engines.llamacpp_server")
 
@@ -201,7 +200,7 @@ def test_a_drain_stops_new_requests_first_and_lets_the_one_in_flight_finish_befo
         client = threading.Thread(target=stream, args=(record,))
         client.start()
         assert first_token.wait(30)  # the request is on the engine (2,000 tokens take this engine about a second)
-        os.kill(os.getpid(), signal.SIGUSR1)  # the fleet controller's drain
+        os.kill(os.getpid(), DRAIN_SIGNAL)  # the fleet controller's drain
         wait_for(lambda: [r.state for r in registry.list()] == [EndpointState.DRAINING], timeout_s=5)
         client.join(timeout=120)
     while_serving(supervisor, scenario)

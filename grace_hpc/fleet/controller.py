@@ -37,7 +37,7 @@ class Fleet(Protocol):
 
     def observe(self) -> dict[str, list[Replica]]: ...  # server -> its manifest rows, ended ones too (one squeue)
     def submit(self, server: str, count: int) -> list[str]: ...  # launch with `count` replicas: the new job ids
-    def drain(self, job_ids: Sequence[str], *, gracefully: bool = False) -> None: ...  # cancel (or USR1), forget
+    def drain(self, job_ids: Sequence[str], *, gracefully: bool = False) -> None: ...  # cancel (or drain: WINCH), forget
     def forget(self, job_ids: Sequence[str]) -> None: ...  # drop rows of ended jobs from the manifest
     def unrecorded(self, server: str) -> list[str]: ...  # live jobs of `server` that no manifest row knows
 

@@ -4,12 +4,13 @@
 
 - A replica whose job will end within `handover_lead_s` (squeue's time left) is *due*: it gets a successor, which
   counts toward the replica target in its place (the old one is not counted any more, it keeps serving).
-- A successor that is ready retires its old replica: the controller drains it (USR1: it stops taking requests,
+- A successor that is ready retires its old replica: the controller drains it (WINCH: it stops taking requests,
   finishes those in flight, deregisters, exits).
 - A replica that leaves without the controller's order (its endpoint `draining`, or its job ended: preemption, a
   `scancel`, a node failure, its time limit with no successor) is *lost*. One that had been ready is replaced at
-  once, whatever the demand windows say; one that never became ready is a start-up *failure*: the next submission
-  waits `backoff_s(failures)`, and the count is reset when a replica of the server becomes ready.
+  once, whatever the demand windows say, and so is one stopped from outside before it was ready (SIGTERM, a
+  cancelled or preempted job). One whose start failed (its engine exited, its job FAILED) is a start-up *failure*:
+  the next submission waits `backoff_s(failures)`, and the count is reset when a replica becomes ready.
 The controller's own drains never look lost: it removes a drained job's manifest row when it signals it.
 """
 
@@ -19,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from grace_hpc.launch.manifest import JobView, Submitted, is_alive
+from grace_hpc.serve.supervisor import TERMINATED
 
 #: the first retry after a start-up failure waits this long, each further failure twice as long, up to the cap
 BACKOFF_BASE_S = 30.0
@@ -26,6 +28,8 @@ BACKOFF_MAX_S = 1800.0
 #: a retired job no longer in the manifest is left alone this long (its drain), then forgotten
 RETIRING_KEEP_S = 900.0
 PENDING_STATES = ("PENDING", "REQUEUED", "REQUEUE_HOLD", "CONFIGURING")
+#: a job that ends so without ever being ready failed to start (its engine, its weights, its node)
+FAILED_STATES = ("FAILED", "OUT_OF_MEMORY", "BOOT_FAIL", "NODE_FAIL")
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,15 @@ def due(time_left_s: int | None, lead_s: float) -> bool:
     return time_left_s is not None and time_left_s <= lead_s
 
 
+def failed_start(r: Replica) -> bool:
+    """A lost replica that was never seen ready: did its start fail, or was it stopped from outside?"""
+    if r.error:
+        return True  # the engine exited (the supervisor's `gone` endpoint says how)
+    if r.leaving:
+        return r.leaving != TERMINATED  # "failed: ..." (the supervisor gave up), not a SIGTERM
+    return r.view is not None and r.view.state in FAILED_STATES
+
+
 def _why(r: Replica) -> str:
     if r.leaving:
         return r.leaving
@@ -110,7 +123,7 @@ def assess(book: ServerBook, replicas: Sequence[Replica], lead_s: float, now: fl
     for r in lost:
         if r.job_id in book.successors and book.successors[r.job_id] in alive:
             continue  # an old replica that ended before its successor was ready: the successor is its replacement
-        if r.job_id in ready:
+        if r.job_id in ready or not failed_start(r):
             replaced.append(r.job_id)
             notes.append(f"job {r.job_id} left with {r.time_left if r.time_left is not None else '?'}s left, "
                          f"replaced at once: {_why(r)}")

@@ -30,7 +30,7 @@ SCHEMA_VERSION = 1
 class Action(str, Enum):
     SUBMIT = "submit"
     DRAIN = "drain"  # scancel (pending replicas, jobs no record knows)
-    RETIRE = "retire"  # USR1: running replicas drain their in-flight requests and exit
+    RETIRE = "retire"  # WINCH: running replicas drain their in-flight requests and exit
     HANDOVER = "handover"  # submit a successor for each of `job_ids`
 
 

@@ -49,13 +49,22 @@ class SlurmFleet:
         return [row.job_id for row in result.submitted]
 
     def drain(self, job_ids: Sequence[str], *, gracefully: bool = False) -> None:
+        """Cancel these jobs; `gracefully`: the running ones get WINCH and drain (SLURM refuses a signal to a pending
+        job: those are cancelled). Jobs that ended are only forgotten."""
         ids = set(job_ids)
+        views = job_states_of(sorted(ids))
+        alive = {i for i in ids if is_alive(views.get(i))}
+        running = {i for i in alive if gracefully and views[i].state == "RUNNING"}
         rows = [r for r in self.manifest.read() if r.job_id in ids]
-        # a job no manifest row knows (see controller.py) is signalled by id, when it still runs
-        unknown = sorted(ids - {r.job_id for r in rows} - {i for i in ids if i.startswith("local:")})
-        views = job_states_of(unknown) if unknown else {}
-        scancel([i for i in unknown if is_alive(views.get(i))], drain=gracefully)
-        stop_rows(self.registry, self.manifest, rows, timeout_s=self.drain_wait_s, drain=gracefully)
+        # a job no manifest row knows (see controller.py) is signalled by id
+        unknown = sorted(alive - {r.job_id for r in rows} - {i for i in ids if i.startswith("local:")})
+        scancel([i for i in unknown if i not in running])
+        scancel([i for i in unknown if i in running], drain=True)
+        stop_rows(self.registry, self.manifest, [r for r in rows if r.job_id in running], timeout_s=self.drain_wait_s,
+                  drain=True)
+        stop_rows(self.registry, self.manifest, [r for r in rows if r.job_id in alive - running],
+                  timeout_s=self.drain_wait_s)
+        self.forget([r.job_id for r in rows if r.job_id not in alive])
 
     def forget(self, job_ids: Sequence[str]) -> None:
         self.manifest.remove(set(job_ids))

@@ -132,17 +132,17 @@ class RenderOnlySlurmExecutor(submitit.SlurmExecutor):
 
 
 def slurm_executor(
-    folder: Path, res: JobResources, setup: tuple[str, ...], *, render_only: bool = False, requeue: bool = True
+    folder: Path, res: JobResources, setup: tuple[str, ...], *, render_only: bool = False, handover: bool = False
 ) -> submitit.SlurmExecutor:
     executor = (RenderOnlySlurmExecutor if render_only else submitit.SlurmExecutor)(folder=folder)
-    executor.update_parameters(**slurm_parameters(res, setup, requeue=requeue))
+    executor.update_parameters(**slurm_parameters(res, setup, handover=handover))
     return executor
 
 
-def make_executor(kind: str, folder: Path, res: JobResources, setup: tuple[str, ...], *, requeue: bool = True
+def make_executor(kind: str, folder: Path, res: JobResources, setup: tuple[str, ...], *, handover: bool = False
                   ) -> submitit.Executor:
     if kind == "slurm":
-        return slurm_executor(folder, res, setup, requeue=requeue)
+        return slurm_executor(folder, res, setup, handover=handover)
     executor = submitit.LocalExecutor(folder=folder)
     executor.update_parameters(timeout_min=res.time_min)
     return executor
@@ -222,7 +222,7 @@ def launch(
     submitted: list[Submitted] = []
     jobs: dict[str, submitit.Job] = {}
     for ps in planned:
-        executor = make_executor(kind, folder, ps.resources, cluster.engines.setup, requeue=not handover)
+        executor = make_executor(kind, folder, ps.resources, cluster.engines.setup, handover=handover)
         for replica in range(count[ps.server.name]):
             if (ps.server.name, replica) in kept_keys:
                 continue

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from grace_hpc.errors import SchedulerError
 from grace_hpc.launch.manifest import Manifest, Submitted
 from grace_hpc.registry.store import Registry
+from grace_hpc.serve.supervisor import DRAIN_SIGNAL
 
 
 @dataclass(frozen=True)
@@ -23,11 +24,12 @@ class Stopped:
 
 def scancel_argv(slurm_ids: list[str], *, drain: bool = False) -> list[str]:
     # --signal alone signals the job's steps (where submitit's srun runs the supervisor) and ends nothing
-    return ["scancel", *(["--signal=USR1"] if drain else []), *slurm_ids]
+    # by number: Slurm 22.05's scancel knows no WINCH by name (it is 28 on every Linux)
+    return ["scancel", *([f"--signal={int(DRAIN_SIGNAL)}"] if drain else []), *slurm_ids]
 
 
 def scancel(slurm_ids: list[str], *, drain: bool = False) -> None:
-    """One `scancel` for all these SLURM job ids (none: nothing runs); `drain`: USR1 instead, the supervisors
+    """One `scancel` for all these SLURM job ids (none: nothing runs); `drain`: DRAIN_SIGNAL instead, the supervisors
     drain their in-flight requests and exit (serve/supervisor.py)."""
     if slurm_ids:
         proc = subprocess.run(scancel_argv(slurm_ids, drain=drain), capture_output=True, text=True)
@@ -38,14 +40,14 @@ def scancel(slurm_ids: list[str], *, drain: bool = False) -> None:
 def cancel(jobs: list[Submitted], supervisor_pids: dict[str, list[int]], *, drain: bool = False) -> None:
     """One `scancel` for all SLURM jobs. Local jobs: SIGTERM to their supervisors (pids from the registry), which
     drain and exit cleanly; a job that has not registered yet gets SIGTERM on its submitit controller. `drain`
-    (running jobs only): USR1, the fleet controller's unhurried drain, instead of SIGTERM."""
+    (running jobs only): DRAIN_SIGNAL, the fleet controller's unhurried drain, instead of SIGTERM."""
     scancel([j.job_id for j in jobs if j.executor == "slurm"], drain=drain)
     for j in jobs:
         if j.executor == "local":
             pids = supervisor_pids.get(j.job_id)
             for pid in pids or [int(j.job_id.removeprefix("local:"))]:
                 try:
-                    os.kill(pid, signal.SIGUSR1 if drain and pids else signal.SIGTERM)
+                    os.kill(pid, DRAIN_SIGNAL if drain and pids else signal.SIGTERM)
                 except ProcessLookupError:
                     pass
 

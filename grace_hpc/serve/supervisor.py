@@ -2,7 +2,7 @@
 
     pick ports -> make keys -> start engines (logs to files) -> register `starting`
     -> prove each can serve (one real token, or one embedding) -> `ready` -> heartbeat until told to stop
-    -> on USR1 (the fleet controller: a successor is ready, or a scale-down) or SIGTERM (scancel, preemption, the
+    -> on WINCH (the fleet controller: a successor is ready, or a scale-down) or SIGTERM (scancel, preemption, the
        time limit): drain = publish `draining` (the router, which re-reads the registry every second, stops
        choosing it), wait for the engine's in-flight requests to finish, stop the engines, deregister
     -> on USR2 (SLURM's time-limit warning, submitit's preemption signal): drain and requeue via submitit's
@@ -49,17 +49,24 @@ MAX_BACKOFF_BEATS = 4
 #: After publishing `draining`, how long before in-flight requests are counted: the router re-reads the registry
 #: every second (`grace-hpc route`'s poll), so a request it chose just before is on the engine by then.
 ROUTER_SETTLE_S = 2.0
-#: A drain the fleet controller ordered (USR1) waits this long at most for in-flight requests.
+#: A drain the fleet controller ordered (DRAIN_SIGNAL) waits this long at most for in-flight requests.
 DRAIN_TIMEOUT_S = 600.0
 #: A drain on SIGTERM waits at most this long: SLURM kills the job KillWait seconds after SIGTERM (30 s by default).
 TERM_DRAIN_S = 20.0
-#: In-flight requests are asked of the engine this often; two zero answers in a row end the drain (llama.cpp shows
-#: a request queued for a slot only once it has one).
-DRAIN_POLL_S = 0.5
+#: In-flight requests are asked of the engine this often, and the drain ends after QUIET_S of zeros in a row: a
+#: reading is a moment (a short request can fall between two), and a router slow to re-read the registry (a busy
+#: login node) may still be sending; requests keep coming back-to-back until it has seen `draining`.
+DRAIN_POLL_S = 0.1
+QUIET_S = 1.0
+#: An engine that cannot tell (no /slots, no gauges) is waited for this long, then stopped.
+UNKNOWN_S = 30.0
 
-
+#: The fleet controller's "drain and exit": `scancel --signal` reaches every process of the job step, the engine
+#: too, and an engine dies of USR1 (default action: terminate) but ignores WINCH (default: ignore; Apache's
+#: graceful-stop signal for the same reason), so only the supervisor hears it.
+DRAIN_SIGNAL = signal.SIGWINCH
 #: why the supervisor stopped (the endpoint's last_error while it drains; the fleet controller reads it)
-ORDERED = "drained by the fleet controller (USR1: a successor is ready, or a scale-down)"
+ORDERED = "drained by the fleet controller (WINCH: a successor is ready, or a scale-down)"
 TERMINATED = "stopped by SIGTERM (scancel, preemption or the time limit)"
 
 
@@ -115,7 +122,7 @@ class Supervisor:
 
     # -- lifecycle --------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        handlers = {signal.SIGTERM: self._on_sigterm, signal.SIGUSR1: self._on_drain}
+        handlers = {signal.SIGTERM: self._on_sigterm, DRAIN_SIGNAL: self._on_drain}
         if self.spec.handover:
             handlers[signal.SIGUSR2] = self._on_time_limit_warning
         previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
@@ -141,7 +148,7 @@ class Supervisor:
         return {"server": self.spec.server, "served_s": round(time.time() - t0, 1), "stopped": self._stop_reason}
 
     def _on_sigterm(self, signum: int, frame: object) -> None:
-        # SLURM sends SIGKILL KillWait seconds after SIGTERM: a drain under way (USR1) is cut short to fit
+        # SLURM sends SIGKILL KillWait seconds after SIGTERM: a drain under way (WINCH) is cut short to fit
         self._drain_deadline = min(self._drain_deadline, time.monotonic() + TERM_DRAIN_S)
         if not self.stopping.is_set():
             self._stop_reason = TERMINATED
@@ -155,7 +162,7 @@ class Supervisor:
 
     def _on_time_limit_warning(self, signum: int, frame: object) -> None:
         print("grace-hpc supervisor: USR2 (time limit near): serving on until the fleet controller's successor is "
-              "ready (USR1) or the limit (SIGTERM); not requeued", flush=True)
+              "ready (WINCH) or the limit (SIGTERM); not requeued", flush=True)
 
     def shutdown(self, reason: str, *, drain: bool = False) -> None:
         """Stop taking requests (`draining`), with `drain` wait for those in flight, stop every engine, deregister,
@@ -170,6 +177,7 @@ class Supervisor:
         if live:
             self._quietly(self.registry.publish, [r.record for r in live])
         if drain and serving:
+            print(f"grace-hpc supervisor: draining ({reason})", flush=True)
             self._drain(serving)
         for r in self.running:
             r.engine.stop()
@@ -181,14 +189,19 @@ class Supervisor:
     def _drain(self, serving: list[Running]) -> None:
         """Wait (until the drain deadline) for the engines to finish the requests they were sent before the router
         saw `draining`."""
-        time.sleep(min(ROUTER_SETTLE_S, max(0.0, self._drain_deadline - time.monotonic())))
-        zeros = 0
-        while time.monotonic() < self._drain_deadline:
+        started = time.monotonic()
+        time.sleep(min(ROUTER_SETTLE_S, max(0.0, self._drain_deadline - started)))
+        quiet_since: float | None = None
+        while (now := time.monotonic()) < self._drain_deadline:
             counts = [in_flight(r.record.base_url.replace(r.record.host, "127.0.0.1", 1), r.launch.engine, r.api_key)
                       for r in serving]
-            busy = sum(c or 0 for c in counts)  # None: the engine cannot tell; its requests are not waited for
-            zeros = zeros + 1 if busy == 0 else 0
-            if zeros >= 2:
+            if None in counts and now - started > UNKNOWN_S:
+                print(f"grace-hpc supervisor: the engine does not say what it serves; stopped after {UNKNOWN_S:g}s",
+                      flush=True)
+                return
+            quiet_since = (quiet_since or now) if all(c == 0 for c in counts) else None
+            if quiet_since is not None and now - quiet_since >= QUIET_S:
+                print(f"grace-hpc supervisor: drained in {now - started:.1f}s", flush=True)
                 return
             time.sleep(DRAIN_POLL_S)
         print(f"grace-hpc supervisor: drain time is up with requests still in flight on {self.spec.server}", flush=True)
