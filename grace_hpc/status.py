@@ -150,10 +150,11 @@ def server_jobs(
     ids = {j.job_id for j in jobs} | {r.job_id for r in records if r.job_id}
     scheduler_problem = None
     try:
-        info: dict[str, tuple[str, str | None, str | None]] = dict(job_states_of(ids))
+        views = job_states_of(ids)
     except SchedulerError as exc:
-        info = dict(job_states_of(i for i in ids if i.startswith("local:")))
+        views = job_states_of(i for i in ids if i.startswith("local:"))
         scheduler_problem = str(exc)
+    info = {i: (v.state, v.reason, v.node) for i, v in views.items()}
     # drop manifest entries of jobs long gone, so `status` shows the fleet, not its history
     jobs = [j for j in jobs if info.get(j.job_id, ("UNKNOWN",))[0] not in ENDED_STATES or j.job_id in
             {r.job_id for r in records}]

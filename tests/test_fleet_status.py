@@ -3,8 +3,8 @@
 from pathlib import Path
 
 from grace_hpc.config.deployment import Deployment
-from grace_hpc.fleet.controller import Live
 from grace_hpc.fleet.handover import Lead
+from grace_hpc.fleet.lifecycle import Replica, ServerBook
 from grace_hpc.fleet.policy import Reason
 from grace_hpc.fleet.state import Action, FleetState, Intent, LastDecision
 from grace_hpc.fleet.status import fleet_rows
@@ -16,9 +16,9 @@ DEPLOYMENT = Deployment.model_validate({"name": "d", "servers": [
     {"name": "b", "partition": "t4", "models": ["n"]}]})
 
 
-def live(job_id: str, state: str, reason: str | None = None) -> Live:
-    return Live(Submitted("d", "a", int(job_id), job_id, "slurm", "t4", ("m",), 1, 0.0, ""),
-                JobView(state, reason, None))
+def live(job_id: str, state: str, reason: str | None = None, time_left: int | None = None) -> Replica:
+    return Replica(Submitted("d", "a", int(job_id), job_id, "slurm", "t4", ("m",), 1, 0.0, ""),
+                   JobView(state, reason, None, time_left))
 
 
 def test_rows_show_desired_running_pending_with_slurms_reason_and_the_last_decision():
@@ -31,6 +31,19 @@ def test_rows_show_desired_running_pending_with_slurms_reason_and_the_last_decis
     assert (a.reason, a.detail, a.decided_age_s, a.action_under_way) == ("overloaded", "6 outstanding", 10.0,
                                                                          "submit 1")
     assert (b.desired, b.running, b.pending, b.reason, b.action_under_way) == (None, 0, {}, None, None)
+
+
+def test_a_successor_still_pending_and_a_backoff_are_shown_with_slurms_reason_and_the_last_failure():
+    book = ServerBook(successors={"1": "2"}, failures=2, retry_at=160.0, last_failure="tiny: engine exited 1")
+    state = FleetState({}, {}, None, {"a": book}, {"a": ("successor 2 of job 1 still pending (Resources); 1 ends "
+                                                         "in 40s",)})
+    leads = {"a": Lead(120.0, "configured"), "b": Lead(600.0, "default")}
+    a, _ = fleet_rows(DEPLOYMENT, state, {"a": [live("1", "RUNNING", time_left=40),
+                                                live("2", "PENDING", "Resources")]}, leads, now=100.0)
+    assert a.handovers == [{"old": "1", "old_time_left_s": 40, "successor": "2", "successor_state": "PENDING",
+                            "successor_reason": "Resources"}]
+    assert (a.failures, a.retry_in_s, a.last_failure) == (2, 60.0, "tiny: engine exited 1")
+    assert a.notes == ["successor 2 of job 1 still pending (Resources); 1 ends in 40s"]
 
 
 def test_the_controller_job_script_runs_fleet_run_on_a_cpu_partition(tmp_path):

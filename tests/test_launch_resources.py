@@ -8,9 +8,11 @@ import pytest
 from grace_hpc.config.cluster import Partition
 from grace_hpc.errors import ConfigError
 from grace_hpc.launch.resources import (
+    SIGNAL_DELAY_S,
     job_resources,
     parse_directive,
     render_sbatch,
+    signal_delay_s,
     slurm_parameters,
     slurm_time_minutes,
 )
@@ -110,3 +112,19 @@ def test_sbatch_reads_values_with_spaces_quotes_backslashes_and_hashes_as_writte
         assert seen == f"{name}|{comment}"
     finally:
         subprocess.run(["scancel", job_id], check=True)
+
+
+def test_the_time_limit_warning_comes_at_most_a_quarter_of_a_short_job_before_its_end():
+    assert signal_delay_s(2) == 30  # a 2-minute job: not while its Python is still starting
+    assert signal_delay_s(60) == SIGNAL_DELAY_S
+
+
+def test_a_fleet_job_handed_over_to_a_successor_is_not_requeued_and_gets_no_signal_its_engine_would_die_of(tmp_path):
+    from grace_hpc.launch.launcher import sbatch_preview, slurm_executor
+
+    res = job_resources(Partition(name="t4", gpu="T4", gpus_per_node=2), job_name="grace-d-s", num_gpus=1, time="2")
+    static = sbatch_preview(slurm_executor(tmp_path, res, (), render_only=True)).splitlines()
+    fleet = sbatch_preview(slurm_executor(tmp_path, res, (), render_only=True, handover=True)).splitlines()
+    assert "#SBATCH --requeue" in static and "#SBATCH --signal=USR2@30" in static
+    assert "#SBATCH --no-requeue" in fleet and "#SBATCH --signal=URG@30" in fleet
+    assert not any(line.startswith(("#SBATCH --requeue", "#SBATCH --signal=USR2")) for line in fleet)

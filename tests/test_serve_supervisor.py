@@ -22,8 +22,10 @@ from grace_hpc.errors import EngineError
 from grace_hpc.registry.keys import read_key_file
 from grace_hpc.registry.records import EndpointState
 from grace_hpc.registry.store import Registry
+from grace_hpc.serve.engine import EngineProcess
+from grace_hpc.serve.inflight import busy_slots, queued
 from grace_hpc.serve.spec import ModelLaunch, ServeSpec
-from grace_hpc.serve.supervisor import Supervisor, beat_interval
+from grace_hpc.serve.supervisor import DRAIN_SIGNAL, Supervisor, beat_interval
 
 LLAMA = (sys.executable, "-m", "grace_hpc.engines.llamacpp_server")
 
@@ -231,3 +233,61 @@ def test_an_engine_that_exits_while_starting_fails_the_job_at_once_without_resta
     assert time.monotonic() - t0 < 30  # no restart pauses
     [left] = endpoints(tmp_path / "registry" / "registry.json").values()
     assert left["state"] == "gone" and "bad flag --x" in left["last_error"]  # kept for `status` to say why
+
+
+@pytest.mark.engine
+def test_a_drain_stops_new_requests_first_and_lets_the_one_in_flight_finish_before_the_engine_stops(
+        tmp_path, tiny_gguf, while_serving):
+    supervisor = Supervisor(spec(tmp_path, launch("one", str(tiny_gguf), "-c", "4096")))
+    registry = Registry(tmp_path / "registry" / "registry.json")
+    seen: dict[str, object] = {}
+    first_token = threading.Event()
+
+    def stream(record: dict) -> None:
+        key = read_key_file(record["api_key_file"])
+        with requests.post(f"{record['base_url']}/completions", headers={"Authorization": f"Bearer {key}"},
+                           json={"model": "one", "prompt": "Once upon a time", "max_tokens": 3000, "stream": True,
+                                 "ignore_eos": True}, stream=True, timeout=120) as r:
+            lines = []
+            for line in r.iter_lines():
+                first_token.set()
+                lines.append(line)
+        seen["status"], seen["last"] = r.status_code, [line for line in lines if line][-1]
+        seen["state_at_end"] = [e.state for e in registry.list()]
+
+    def scenario() -> None:
+        wait_for(lambda: [r.state for r in registry.list()] == [EndpointState.READY])
+        [record] = endpoints(tmp_path / "registry" / "registry.json").values()
+        client = threading.Thread(target=stream, args=(record,))
+        client.start()
+        assert first_token.wait(30)  # the request is on the engine (2,000 tokens take this engine about a second)
+        os.kill(os.getpid(), DRAIN_SIGNAL)  # the fleet controller's drain
+        wait_for(lambda: [r.state for r in registry.list()] == [EndpointState.DRAINING], timeout_s=5)
+        client.join(timeout=120)
+    while_serving(supervisor, scenario)
+    assert seen["status"] == 200 and seen["last"] == b"data: [DONE]", seen
+    assert seen["state_at_end"] == [EndpointState.DRAINING], ("deregistered (engine stopped) before it finished", seen)
+    assert registry.list() == []
+
+
+def test_in_flight_requests_are_read_from_llamacpp_slots_and_vllm_gauges():
+    assert busy_slots('[{"id":0,"is_processing":true},{"id":1,"is_processing":false}]') == 1
+    assert queued("vllm:num_requests_running{model_name=\"m\"} 2.0\nvllm:num_requests_waiting{model_name=\"m\"} 3.0\n"
+                  ) == 5
+    assert queued("# no gauges\n") is None
+
+
+def test_an_engine_ignores_the_usr_signals_slurm_sends_the_whole_job(tmp_path):
+    """submitit's time-limit/preemption warning is USR2 to every process of the job: by default it would kill the
+    engine with requests in flight before the supervisor could drain it."""
+    engine = EngineProcess([sys.executable, "-c", "import time; time.sleep(30)"], tmp_path / "e.log", dict(os.environ))
+    engine.start()
+    try:
+        assert engine.pid is not None
+        time.sleep(0.5)  # past exec
+        os.kill(engine.pid, signal.SIGUSR2)
+        os.kill(engine.pid, signal.SIGUSR1)
+        time.sleep(0.5)
+        assert engine.exit_code() is None
+    finally:
+        engine.stop(grace_s=1)

@@ -63,6 +63,7 @@ def journal_of(args: argparse.Namespace) -> tuple[ConfigDir, Deployment, StateFi
 def run(args: argparse.Namespace) -> int:
     from grace_hpc.fleet.controller import Controller
     from grace_hpc.fleet.demand import DemandFile
+    from grace_hpc.fleet.handover import handover_lead, supervisor_logs
     from grace_hpc.fleet.limits import parse_limits
     from grace_hpc.fleet.usage import UsageLedger
     from grace_hpc.fleet.world import SlurmFleet
@@ -81,10 +82,15 @@ def run(args: argparse.Namespace) -> int:
     registry = Registry.from_cluster(cluster, config)
     gpus = {ps.server.name: ps.plan.num_gpus for ps in plan_deployment(cluster, config.catalog(), deployment)}
     kind = choose_executor(deployment.executor if args.executor == "auto" else args.executor)
+    def leads() -> dict[str, float]:  # measured from the logged start-ups, so re-read at each pass
+        logs = supervisor_logs(journal.path.parent)
+        return {s.name: handover_lead(s, logs).seconds for s in deployment.servers}
+
     controller = Controller(deployment, SlurmFleet(config, deployment, kind, registry), journal,
                             DemandFile(registry.path.parent).read, gpus,
                             usage=UsageLedger(journal.path.with_name(USAGE_FILE)),
-                            partition_limits=parse_limits(association_limits(getpass.getuser()) or ""))
+                            partition_limits=parse_limits(association_limits(getpass.getuser()) or ""),
+                            leads=leads)
     stopped = threading.Event()
     with journal.exclusive():
         if args.once:
@@ -128,6 +134,15 @@ def status(args: argparse.Namespace) -> int:
         if r.action_under_way:
             print(f"  under way: {r.action_under_way}", file=out)
         print(f"  handover lead {r.handover_lead_s:g}s ({r.handover_lead_source})", file=out)
+        for h in r.handovers:
+            reason = f" ({h['successor_reason']})" if h["successor_reason"] else ""
+            print(f"  handover: job {h['old']} ({h['old_time_left_s']}s left) -> successor {h['successor']} "
+                  f"{h['successor_state']}{reason}", file=out)
+        if r.failures:
+            wait = f", next try in {r.retry_in_s:g}s" if r.retry_in_s else ""
+            print(f"  {r.failures} start-up failure(s) in a row{wait}: {r.last_failure}", file=out)
+        for note in r.notes:
+            print(f"  note: {note}", file=out)
     return 0
 
 

@@ -1,53 +1,44 @@
-"""`fleet run`: the reconcile loop. Each pass observes (manifest + one squeue), decides (policy, pure), then acts:
-submits through the launcher (so the manifest stays the one record of jobs) or drains through `stop`.
+"""`fleet run`: the reconcile loop. Each pass observes (manifest + one squeue + the registry), decides (policy and
+lifecycle, pure), then acts: submits through the launcher (so the manifest stays the one record of jobs), hands
+replicas near their time limit over to successors, and drains through `stop`.
 
-    pass:  recover a journalled intent -> observe -> sample demand -> decide -> for each server that differs:
-           journal the intent -> submit or drain -> clear the intent
+    pass:  recover a journalled intent -> observe -> sample demand -> assess each server's replicas (lifecycle.py)
+           -> decide -> for each action: journal the intent -> submit, hand over, retire or cancel -> clear it
 
 Restart-safety: the journal (state.py) holds the action under way. A controller SIGKILLed after sbatch accepted a
 job but before the manifest recorded it leaves a job no record knows; the next pass finds it by its job name
 (`grace-<deployment>-<server>`, the user's own jobs only) and cancels it before deciding again, so nothing is
-duplicated or orphaned. A drain that was cut short is repeated (scancel of an ending job is harmless).
+duplicated or orphaned. A successor the manifest recorded before the journal paired it with its old replica is
+paired then. A drain that was cut short is repeated (signalling an ending job is harmless).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import replace
 from typing import Protocol
 
-from grace_hpc.config.deployment import Deployment
+from grace_hpc.config.deployment import Deployment, ServerSpec
 from grace_hpc.errors import GraceError
 from grace_hpc.fleet.demand import Demand
+from grace_hpc.fleet.lifecycle import Assessment, Replica, assess, backoff_s
 from grace_hpc.fleet.limits import cap_partitions
-from grace_hpc.fleet.policy import Decision, Sample, cap_gpus, decide, needed
+from grace_hpc.fleet.policy import Decision, Reason, Sample, cap_gpus, decide, needed
 from grace_hpc.fleet.state import Action, FleetState, Intent, LastDecision, StateFile
 from grace_hpc.fleet.usage import UsageEntry, UsageLedger
-from grace_hpc.launch.manifest import JobView, Submitted
 
 #: demand history kept beyond the policy's longest window (the window must be covered to decide)
 HISTORY_MARGIN_S = 60.0
 
 
-@dataclass(frozen=True)
-class Live:
-    """A replica job that is pending or running."""
-
-    row: Submitted
-    view: JobView
-
-    @property
-    def pending(self) -> bool:
-        return self.view.state in ("PENDING", "REQUEUED", "REQUEUE_HOLD", "CONFIGURING")
-
-
 class Fleet(Protocol):
     """What the controller does to the world (`SlurmFleet` in world.py; tests pass one of their own)."""
 
-    def observe(self) -> dict[str, list[Live]]: ...  # server -> its live replicas (manifest + one squeue)
-    def submit(self, server: str, count: int) -> None: ...  # launch with `count` replicas of `server`
-    def drain(self, job_ids: Sequence[str]) -> None: ...  # cancel these manifest jobs and forget them
+    def observe(self) -> dict[str, list[Replica]]: ...  # server -> its manifest rows, ended ones too (one squeue)
+    def submit(self, server: str, count: int) -> list[str]: ...  # launch with `count` replicas: the new job ids
+    def drain(self, job_ids: Sequence[str], *, gracefully: bool = False) -> None: ...  # cancel (or drain: WINCH), forget
+    def forget(self, job_ids: Sequence[str]) -> None: ...  # drop rows of ended jobs from the manifest
     def unrecorded(self, server: str) -> list[str]: ...  # live jobs of `server` that no manifest row knows
 
 
@@ -61,10 +52,13 @@ def launch_count(taken: set[int], add: int) -> int:
     return count
 
 
-def victims(live: Sequence[Live], remove: int) -> list[Submitted]:
-    """Which replicas to let go: pending ones first (they cost nothing yet), then the highest replica index."""
-    order = sorted(live, key=lambda r: (not r.pending, -r.row.replica))
-    return [r.row for r in order[:remove]]
+def victims(live: Sequence[Replica], remove: int, keep: Collection[str] = ()) -> list[Replica]:
+    """Which replicas to let go: pending ones first (they cost nothing yet), then those ending soonest within the
+    hour (a successor would be due), then the highest replica index; never those in `keep` (successors)."""
+    order = sorted((r for r in live if r.job_id not in keep),
+                   key=lambda r: (not r.pending, min(r.time_left if r.time_left is not None else 3600, 3600),
+                                  -r.row.replica))
+    return order[:remove]
 
 
 def extend(history: Sequence[Sample], sample: Sample | None, now: float, keep_s: float) -> tuple[Sample, ...]:
@@ -79,22 +73,27 @@ class Controller:
     def __init__(self, deployment: Deployment, fleet: Fleet, journal: StateFile,
                  demand: Callable[[], Demand | None], gpus_per_replica: Mapping[str, int],
                  clock: Callable[[], float] = time.time, usage: UsageLedger | None = None,
-                 partition_limits: Mapping[str, int] | None = None):
+                 partition_limits: Mapping[str, int] | None = None,
+                 leads: Callable[[], Mapping[str, float]] | None = None):
         self.deployment, self.fleet, self.journal, self.demand = deployment, fleet, journal, demand
         self.gpus_per_replica, self.clock, self.usage = gpus_per_replica, clock, usage
         self.partition_limits = partition_limits or {}  # limits.parse_limits: the user's GPU limits in SLURM
+        # server -> handover_lead_s (handover.handover_lead: configured or measured); read once per pass
+        self.leads = leads or (lambda: {s.name: s.handover_lead_s or 0.0 for s in deployment.servers})
 
     def reconcile(self) -> FleetState:
         """One pass; returns what it decided (also in the journal)."""
         state = self.journal.read()
         if state.intent is not None:
-            self._recover(state.intent)
-            state = state.with_intent(None)
+            state = self._recover(state, state.intent).with_intent(None)
             self.journal.write(state)
-        live = self.fleet.observe()
-        now, demand = self.clock(), self.demand()
+        observed = self.fleet.observe()
+        now, demand, leads = self.clock(), self.demand(), self.leads()
         servers = self.deployment.servers
-        actual = {s.name: len(live.get(s.name, [])) for s in servers}
+        seen = {s.name: assess(state.book(s.name), observed.get(s.name, []), leads.get(s.name, 0.0), now)
+                for s in servers}
+        # a lost replica that had been ready still counts for the policy: the pass replaces it
+        actual = {n: len(a.counted) + len(a.replaced) for n, a in seen.items()}
         history = {}
         for s in servers:
             keep = max(s.scale_up.for_s, s.scale_down.idle_timeout_s) + HISTORY_MARGIN_S
@@ -105,43 +104,103 @@ class Controller:
             self.gpus_per_replica, self.deployment.max_gpus)
         decisions = cap_partitions(decisions, actual, self.gpus_per_replica, {s.name: s.partition for s in servers},
                                    self.partition_limits)
-        state = FleetState({n: LastDecision.of(d, now) for n, d in decisions.items()}, history)
+        decisions = {s.name: self._explain(decisions[s.name], seen[s.name], now) for s in servers}
+        state = FleetState({n: LastDecision.of(d, now) for n, d in decisions.items()}, history, None,
+                           {n: a.book for n, a in seen.items()}, {n: a.notes for n, a in seen.items()})
         self.journal.write(state)
         if self.usage is not None:
-            self.usage.append(self._usage(live, history, now))
-        for name, d in decisions.items():
-            change = d.desired - actual[name]
-            if change > 0:
-                self.journal.write(state.with_intent(Intent(name, Action.SUBMIT, change, (), now)))
-                self.fleet.submit(name, launch_count({r.row.replica for r in live.get(name, [])}, change))
-            elif change < 0:
-                chosen = tuple(r.job_id for r in victims(live[name], -change))
-                self.journal.write(state.with_intent(Intent(name, Action.DRAIN, -change, chosen, now)))
-                self.fleet.drain(chosen)
-            if change:
-                self.journal.write(state)  # done: the manifest records the result
+            self.usage.append(self._usage(observed, history, now))
+        for s in servers:
+            state = self._act(state, s, decisions[s.name], seen[s.name], now)
         return state
 
-    def _usage(self, live: Mapping[str, Sequence[Live]], history: Mapping[str, Sequence[Sample]], now: float
+    @staticmethod
+    def _explain(d: Decision, a: Assessment, now: float) -> Decision:
+        """Say why a replacement is made, or why a submission waits (backoff after failed start-ups)."""
+        if d.desired > len(a.counted) and a.book.retry_at > now:
+            return Decision(len(a.counted), Reason.BACKOFF,
+                            f"{a.book.failures} start-up failure(s) in a row, next try in {a.book.retry_at - now:.0f}s "
+                            f"(backoff {backoff_s(a.book.failures):g}s): {a.book.last_failure}")
+        if a.replaced and d.reason is Reason.STEADY:
+            return Decision(d.desired, Reason.REPLACE, "; ".join(n for n in a.notes if "replaced at once" in n))
+        return d
+
+    def _act(self, state: FleetState, s: ServerSpec, d: Decision, a: Assessment, now: float) -> FleetState:
+        """Submit, cancel, hand over and retire for one server; each action journalled before it is taken."""
+        book = a.book
+        if a.ended:
+            self.fleet.forget(a.ended)
+        change = d.desired - len(a.counted)
+        if change > 0:
+            state = self._journalled(state, Intent(s.name, Action.SUBMIT, change, (), now))
+            self.fleet.submit(s.name, launch_count({r.row.replica for r in a.alive}, change))
+        chosen: list[Replica] = []
+        if change < 0:
+            chosen = victims(a.counted, -change, keep=set(book.successors.values()))
+            pending = tuple(r.job_id for r in chosen if r.pending)
+            running = tuple(r.job_id for r in chosen if not r.pending)
+            if pending:
+                state = self._journalled(state, Intent(s.name, Action.DRAIN, len(pending), pending, now))
+                self.fleet.drain(pending)
+            if running:
+                state = self._journalled(state, Intent(s.name, Action.RETIRE, len(running), running, now))
+                self.fleet.drain(running, gracefully=True)
+                book = replace(book, retiring={**book.retiring, **dict.fromkeys(running, now)})
+        due = [r for r in a.due if r not in chosen]
+        if due and book.retry_at <= now:
+            olds = tuple(r.job_id for r in due)
+            state = self._journalled(state, Intent(s.name, Action.HANDOVER, len(olds), olds, now))
+            new = self.fleet.submit(s.name, launch_count({r.row.replica for r in a.alive}, len(olds)))
+            book = replace(book, successors={**book.successors, **dict(zip(olds, new, strict=False))})
+        if a.retire:
+            state = self._journalled(state, Intent(s.name, Action.RETIRE, len(a.retire), a.retire, now))
+            self.fleet.drain(a.retire, gracefully=True)
+            book = replace(book, retiring={**book.retiring, **dict.fromkeys(a.retire, now)})
+        if state.intent is not None or book != a.book:
+            state = state.with_book(s.name, book).with_intent(None)
+            self.journal.write(state)  # done: the manifest records the result, the book what it was for
+        return state
+
+    def _journalled(self, state: FleetState, intent: Intent) -> FleetState:
+        state = state.with_intent(intent)
+        self.journal.write(state)
+        return state
+
+    def _usage(self, observed: Mapping[str, Sequence[Replica]], history: Mapping[str, Sequence[Sample]], now: float
                ) -> list[UsageEntry]:
         """What each server held (running replicas) and needed (its latest load) at this pass."""
         entries = []
         for s in self.deployment.servers:
-            running = sum(not r.pending for r in live.get(s.name, ()))
+            running = sum(r.alive and not r.pending for r in observed.get(s.name, ()))
             latest = history[s.name][-1] if history[s.name] else None
             load = latest.outstanding if latest else 0
             entries.append(UsageEntry(now, s.name, s.partition, self.gpus_per_replica[s.name], running,
                                       min(running, needed(load, s.scale_up.outstanding_per_replica))))
         return entries
 
-    def _recover(self, intent: Intent) -> None:
+    def _recover(self, state: FleetState, intent: Intent) -> FleetState:
         """Finish what a killed controller was doing (see the module docstring)."""
-        if intent.action is Action.SUBMIT:
-            unknown = self.fleet.unrecorded(intent.server)
+        if intent.action in (Action.SUBMIT, Action.HANDOVER):
+            retiring = {j for b in state.books.values() for j in b.retiring}
+            unknown = [j for j in self.fleet.unrecorded(intent.server) if j not in retiring]
             if unknown:
                 self.fleet.drain(unknown)
+            if intent.action is Action.HANDOVER:
+                return self._adopt(state, intent)
         else:
-            self.fleet.drain(intent.job_ids)
+            self.fleet.drain(intent.job_ids, gracefully=intent.action is Action.RETIRE)
+        return state
+
+    def _adopt(self, state: FleetState, intent: Intent) -> FleetState:
+        """Pair the successors the manifest recorded after the intent with the old replicas still without one."""
+        book = state.book(intent.server)
+        mine = [r for r in self.fleet.observe().get(intent.server, []) if r.alive]
+        paired = set(book.successors) | set(book.successors.values())
+        olds = [j for j in intent.job_ids if j not in book.successors]
+        new = [r.job_id for r in sorted(mine, key=lambda r: r.row.submitted_at)
+               if r.row.submitted_at >= intent.at and r.job_id not in paired and r.job_id not in intent.job_ids]
+        return state.with_book(intent.server, replace(
+            book, successors={**book.successors, **dict(zip(olds, new, strict=False))}))
 
     def run(self, period_s: float, stop: Callable[[], bool], sleep: Callable[[float], None] = time.sleep,
             report: Callable[[str], None] = print) -> None:
@@ -157,4 +216,6 @@ class Controller:
             else:
                 for server, d in state.decisions.items():
                     report(f"grace-hpc fleet: {server}: desired {d.desired} ({d.reason.value}: {d.detail})")
+                    for note in state.notes.get(server, ()):
+                        report(f"grace-hpc fleet: {server}: {note}")
             sleep(max(0.0, period_s - (self.clock() - started)))

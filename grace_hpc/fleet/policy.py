@@ -41,6 +41,8 @@ class Reason(str, Enum):
     OVERLOADED = "overloaded"
     IDLE = "idle"
     GPU_CAP = "gpu-cap"
+    REPLACE = "replace"  # a ready replica left without the controller's order (preemption): replaced at once
+    BACKOFF = "backoff"  # replicas failed to start: the next submission waits (lifecycle.backoff_s)
 
 
 @dataclass(frozen=True)

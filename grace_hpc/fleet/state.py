@@ -1,9 +1,11 @@
 """The controller's journal, `logs/<deployment>/fleet.json`: the last decision per server, the demand history the
-policy needs, and the one action under way (`intent`).
+policy needs, what it remembers of each server's replicas (handovers under way, start-up failures and their
+backoff: lifecycle.ServerBook), and the one action under way (`intent`).
 
 The intent is written (atomic replace) *before* the controller submits or cancels and cleared after the manifest
 records the result, so a controller killed in between finds it at its next start and repairs exactly that window:
-a submission SLURM accepted that the manifest never recorded is cancelled, a drain is repeated.
+a submission SLURM accepted that the manifest never recorded is cancelled, a drain is repeated, and a successor
+the manifest did record before the journal paired it with its old replica is paired then (never submitted twice).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 import filelock
 
 from grace_hpc.errors import ConfigError, GraceError
+from grace_hpc.fleet.lifecycle import ServerBook
 from grace_hpc.fleet.policy import Decision, Reason, Sample
 from grace_hpc.registry.fs import LocalFileSystem
 
@@ -26,15 +29,17 @@ SCHEMA_VERSION = 1
 
 class Action(str, Enum):
     SUBMIT = "submit"
-    DRAIN = "drain"
+    DRAIN = "drain"  # scancel (pending replicas, jobs no record knows)
+    RETIRE = "retire"  # WINCH: running replicas drain their in-flight requests and exit
+    HANDOVER = "handover"  # submit a successor for each of `job_ids`
 
 
 @dataclass(frozen=True)
 class Intent:
     server: str
     action: Action
-    count: int  # submit: replicas to add; drain: replicas to remove
-    job_ids: tuple[str, ...] = ()  # drain: the jobs chosen
+    count: int  # submit: replicas to add; drain/retire: replicas to remove; handover: successors
+    job_ids: tuple[str, ...] = ()  # drain/retire: the jobs chosen; handover: the old jobs
     at: float = 0.0
 
 
@@ -55,9 +60,17 @@ class FleetState:
     decisions: Mapping[str, LastDecision] = field(default_factory=dict)
     history: Mapping[str, tuple[Sample, ...]] = field(default_factory=dict)
     intent: Intent | None = None
+    books: Mapping[str, ServerBook] = field(default_factory=dict)
+    notes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # the last pass's warnings per server
 
     def with_intent(self, intent: Intent | None) -> FleetState:
         return replace(self, intent=intent)
+
+    def with_book(self, server: str, book: ServerBook) -> FleetState:
+        return replace(self, books={**self.books, server: book})
+
+    def book(self, server: str) -> ServerBook:
+        return self.books.get(server, ServerBook())
 
     def to_json(self) -> dict:
         return {
@@ -66,6 +79,8 @@ class FleetState:
             "history": {s: [[x.at, x.outstanding, x.waiting] for x in h] for s, h in self.history.items()},
             "intent": None if self.intent is None else {**asdict(self.intent), "action": self.intent.action.value,
                                                         "job_ids": list(self.intent.job_ids)},
+            "books": {s: {**asdict(b), "ready": list(b.ready), "settled": list(b.settled)} for s, b in self.books.items()},
+            "notes": {s: list(n) for s, n in self.notes.items()},
         }
 
     @classmethod
@@ -79,6 +94,10 @@ class FleetState:
             {s: tuple(Sample(float(a), int(o), int(w)) for a, o, w in h) for s, h in doc["history"].items()},
             None if intent is None else Intent(intent["server"], Action(intent["action"]), int(intent["count"]),
                                                tuple(intent["job_ids"]), float(intent["at"])),
+            {s: ServerBook(dict(b["successors"]), tuple(b["ready"]), tuple(b["settled"]), dict(b["retiring"]),
+                           int(b["failures"]), float(b["retry_at"]), b["last_failure"])
+             for s, b in doc.get("books", {}).items()},  # absent in a journal written before handovers existed
+            {s: tuple(n) for s, n in doc.get("notes", {}).items()},
         )
 
 

@@ -132,16 +132,17 @@ class RenderOnlySlurmExecutor(submitit.SlurmExecutor):
 
 
 def slurm_executor(
-    folder: Path, res: JobResources, setup: tuple[str, ...], *, render_only: bool = False
+    folder: Path, res: JobResources, setup: tuple[str, ...], *, render_only: bool = False, handover: bool = False
 ) -> submitit.SlurmExecutor:
     executor = (RenderOnlySlurmExecutor if render_only else submitit.SlurmExecutor)(folder=folder)
-    executor.update_parameters(**slurm_parameters(res, setup))
+    executor.update_parameters(**slurm_parameters(res, setup, handover=handover))
     return executor
 
 
-def make_executor(kind: str, folder: Path, res: JobResources, setup: tuple[str, ...]) -> submitit.Executor:
+def make_executor(kind: str, folder: Path, res: JobResources, setup: tuple[str, ...], *, handover: bool = False
+                  ) -> submitit.Executor:
     if kind == "slurm":
-        return slurm_executor(folder, res, setup)
+        return slurm_executor(folder, res, setup, handover=handover)
     executor = submitit.LocalExecutor(folder=folder)
     executor.update_parameters(timeout_min=res.time_min)
     return executor
@@ -179,11 +180,13 @@ def launch(
     replace: bool = False,
     environ: dict[str, str] | None = None,
     replicas: Mapping[str, int] | None = None,
+    handover: bool = False,
 ) -> LaunchResult:
     """Plan every server, then submit one job per server replica that is not already pending or running (with
     `replace`, those are stopped and submitted again); with `dry_run`, only render what would be submitted.
     Each server gets `replicas.min` replicas, or as many as `replicas` (server name -> count) says (the fleet
-    controller's choice).
+    controller's choice). `handover`: the fleet controller's jobs, which it replaces with a successor before their
+    time limit (they neither requeue nor stop at SLURM's time-limit warning; serve/supervisor.py).
 
     Each job is recorded in the manifest as soon as it is submitted, so a submission that fails half way leaves
     every job submitted before it where `stop` finds it."""
@@ -197,7 +200,7 @@ def launch(
     folder = logs / "submitit" / "%j"
     manifest = manifest_of(config, cluster, deployment.name)
     specs = {ps.server.name: serve_spec(config, cluster, catalog, deployment, ps.server, ps.plan,
-                                        registry_path=str(registry.path), local=kind == "local")
+                                        registry_path=str(registry.path), local=kind == "local", handover=handover)
              for ps in planned}
     missing_weights = weights_problems(((p.model, p.weights_ref) for ps in planned for p in ps.plan.plans),
                                        config.resolve(cluster.paths.hf_cache) if cluster.paths.hf_cache else None)
@@ -219,7 +222,7 @@ def launch(
     submitted: list[Submitted] = []
     jobs: dict[str, submitit.Job] = {}
     for ps in planned:
-        executor = make_executor(kind, folder, ps.resources, cluster.engines.setup)
+        executor = make_executor(kind, folder, ps.resources, cluster.engines.setup, handover=handover)
         for replica in range(count[ps.server.name]):
             if (ps.server.name, replica) in kept_keys:
                 continue

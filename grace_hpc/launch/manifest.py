@@ -18,7 +18,7 @@ import filelock
 from grace_hpc.config.cluster import LockMode
 from grace_hpc.errors import ConfigError, SubmissionError
 from grace_hpc.registry.fs import LocalFileSystem
-from grace_hpc.slurm.queue import FINISHED, JobInfo, job_states
+from grace_hpc.slurm.queue import FINISHED, JobInfo, JobState, job_states
 
 #: seconds to wait for another launch/stop holding the manifest (each holds it for one small file write)
 LOCK_TIMEOUT_S = 30.0
@@ -100,6 +100,7 @@ class JobView(NamedTuple):
     state: str  # SLURM's (JobState values), or RUNNING/ENDED for a local job
     reason: str | None  # SLURM's pending reason
     node: str | None
+    time_left: int | None = None  # seconds before a running SLURM job's time limit (None: unknown, local, pending)
 
 
 def job_states_of(
@@ -109,7 +110,9 @@ def job_states_of(
     controller process for local ones. Raises SchedulerError when the scheduler cannot be asked."""
     ids = set(job_ids)
     slurm = sorted(i for i in ids if not i.startswith("local:"))
-    found = {i: JobView(info.state.value, info.reason, info.node) for i, info in query(slurm).items()} if slurm else {}
+    found = {i: JobView(info.state.value, info.reason, info.node,
+                        info.time_left if info.state is JobState.RUNNING else None)
+             for i, info in query(slurm).items()} if slurm else {}
     found.update({i: JobView(local_state(i), None, None) for i in ids if i.startswith("local:")})
     return found
 

@@ -16,6 +16,13 @@ _TIME = re.compile(r"^(?:(?P<d>\d+)-)?(?P<a>\d+)(?::(?P<b>\d+))?(?::(?P<c>\d+))?
 SIGNAL_DELAY_S = 120
 
 
+def signal_delay_s(time_min: int) -> int:
+    """SIGNAL_DELAY_S, but at most a quarter of a short job's time: SLURM sends the signal at its first check once
+    the time left is below the delay, which for a 2-minute job would be while Python is still starting, before the
+    supervisor has installed its handler."""
+    return min(SIGNAL_DELAY_S, time_min * 60 // 4)
+
+
 def slurm_time_minutes(value: str) -> int:
     """SLURM time strings (`MM`, `MM:SS`, `HH:MM:SS`, `D-HH`, `D-HH:MM`, `D-HH:MM:SS`) -> whole minutes."""
     m = _TIME.match(value.strip())
@@ -80,17 +87,23 @@ def _check_submittable(name: str, value: str) -> None:
                           "submit the script of `launch --emit-sbatch` instead")
 
 
-def slurm_parameters(res: JobResources, setup: tuple[str, ...] = ()) -> dict[str, object]:
-    """Parameters for `submitit.SlurmExecutor.update_parameters`, in its own names (sbatch's, `_` for `-`)."""
+def slurm_parameters(res: JobResources, setup: tuple[str, ...] = (), *, handover: bool = False) -> dict[str, object]:
+    """Parameters for `submitit.SlurmExecutor.update_parameters`, in its own names (sbatch's, `_` for `-`).
+    `handover`: a job of the fleet controller, which a successor replaces before its time limit: SLURM must not
+    requeue it, and it needs no time-limit warning. submitit always asks for one (USR2), which SLURM sends to every
+    process of the step, the engine too (it would die of it): such a job asks for SIGURG instead, which every
+    process ignores by default."""
+    delay = signal_delay_s(res.time_min)
     params: dict[str, object] = {
         "job_name": res.job_name,
         "partition": res.partition,
         "cpus_per_task": res.cpus_per_task,
         "mem": f"{res.mem_gb}G",
         "time": res.time_min,
-        "signal_delay_s": SIGNAL_DELAY_S,
+        "signal_delay_s": delay,
         # a flag (`--exclusive`) is True: submitit writes `#SBATCH --exclusive`
-        "additional_parameters": {"requeue": True, **{k: True if v is None else v for k, v in res.extra}},
+        "additional_parameters": {**({"no-requeue": True, "signal": f"URG@{delay}"} if handover else {"requeue": True}),
+                                  **{k: True if v is None else v for k, v in res.extra}},
     }
     for key, value in (("gres", res.gres), ("account", res.account), ("qos", res.qos),
                        ("constraint", res.constraint)):
@@ -114,7 +127,7 @@ def render_sbatch(res: JobResources, command: list[str], *, log_dir: str, setup:
         directive("time", res.time_min),
         directive("requeue"),
         # B: the signal goes to the batch shell, which `exec`s the supervisor
-        directive("signal", f"B:USR2@{SIGNAL_DELAY_S}"),
+        directive("signal", f"B:USR2@{signal_delay_s(res.time_min)}"),
         directive("output", log_dir + "/%x-%j.out"),
     ]
     if res.gres:

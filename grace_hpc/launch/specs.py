@@ -54,6 +54,7 @@ def serve_spec(
     *,
     registry_path: str,
     local: bool,
+    handover: bool = False,
 ) -> ServeSpec:
     logs = config.resolve(cluster.paths.logs) / deployment.name
     # compute nodes have no internet: engines read the shared cache only (`launch` checked the weights are there);
@@ -74,4 +75,5 @@ def serve_spec(
         bind_host="127.0.0.1" if local else "0.0.0.0",  # cluster nodes serve the login node
         advertise_host="127.0.0.1" if local else None,
         env=tuple(env.items()),
+        handover=handover,
     )

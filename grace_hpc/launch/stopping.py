@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from grace_hpc.errors import SchedulerError
 from grace_hpc.launch.manifest import Manifest, Submitted
 from grace_hpc.registry.store import Registry
+from grace_hpc.serve.supervisor import DRAIN_SIGNAL
 
 
 @dataclass(frozen=True)
@@ -21,37 +22,47 @@ class Stopped:
     deregistered: bool
 
 
-def scancel(slurm_ids: list[str]) -> None:
-    """One `scancel` for all these SLURM job ids (none: nothing runs)."""
+def scancel_argv(slurm_ids: list[str], *, drain: bool = False) -> list[str]:
+    # --signal alone signals the job's steps (where submitit's srun runs the supervisor) and ends nothing
+    # by number: Slurm 22.05's scancel knows no WINCH by name (it is 28 on every Linux)
+    return ["scancel", *([f"--signal={int(DRAIN_SIGNAL)}"] if drain else []), *slurm_ids]
+
+
+def scancel(slurm_ids: list[str], *, drain: bool = False) -> None:
+    """One `scancel` for all these SLURM job ids (none: nothing runs); `drain`: DRAIN_SIGNAL instead, the supervisors
+    drain their in-flight requests and exit (serve/supervisor.py)."""
     if slurm_ids:
-        proc = subprocess.run(["scancel", *slurm_ids], capture_output=True, text=True)
+        proc = subprocess.run(scancel_argv(slurm_ids, drain=drain), capture_output=True, text=True)
         if proc.returncode != 0:
-            raise SchedulerError(f"scancel {' '.join(slurm_ids)} exited {proc.returncode}: {proc.stderr.strip()}")
+            raise SchedulerError(f"{' '.join(proc.args)} exited {proc.returncode}: {proc.stderr.strip()}")
 
 
-def cancel(jobs: list[Submitted], supervisor_pids: dict[str, list[int]]) -> None:
+def cancel(jobs: list[Submitted], supervisor_pids: dict[str, list[int]], *, drain: bool = False) -> None:
     """One `scancel` for all SLURM jobs. Local jobs: SIGTERM to their supervisors (pids from the registry), which
-    drain and exit cleanly; a job that has not registered yet gets SIGTERM on its submitit controller."""
-    scancel([j.job_id for j in jobs if j.executor == "slurm"])
+    drain and exit cleanly; a job that has not registered yet gets SIGTERM on its submitit controller. `drain`
+    (running jobs only): DRAIN_SIGNAL, the fleet controller's unhurried drain, instead of SIGTERM."""
+    scancel([j.job_id for j in jobs if j.executor == "slurm"], drain=drain)
     for j in jobs:
         if j.executor == "local":
-            for pid in supervisor_pids.get(j.job_id) or [int(j.job_id.removeprefix("local:"))]:
+            pids = supervisor_pids.get(j.job_id)
+            for pid in pids or [int(j.job_id.removeprefix("local:"))]:
                 try:
-                    os.kill(pid, signal.SIGTERM)
+                    os.kill(pid, DRAIN_SIGNAL if drain and pids else signal.SIGTERM)
                 except ProcessLookupError:
                     pass
 
 
-def stop_rows(registry: Registry, manifest: Manifest, chosen: list[Submitted], timeout_s: float) -> list[Stopped]:
-    """Cancel exactly these jobs of `manifest`, wait up to `timeout_s` for their endpoints to deregister, and
-    forget them in the manifest."""
+def stop_rows(registry: Registry, manifest: Manifest, chosen: list[Submitted], timeout_s: float, *,
+              drain: bool = False) -> list[Stopped]:
+    """Cancel (or `drain`, see `cancel`) exactly these jobs of `manifest`, wait up to `timeout_s` for their
+    endpoints to deregister, and forget them in the manifest."""
     if not chosen:
         return []
     pids: dict[str, list[int]] = {}
     for r in registry.list():
         if r.job_id and r.pid:
             pids.setdefault(r.job_id, []).append(r.pid)
-    cancel(chosen, pids)
+    cancel(chosen, pids, drain=drain)
     ids = {j.job_id for j in chosen}
     deadline = time.monotonic() + timeout_s
     while any(r.job_id in ids for r in registry.list()) and time.monotonic() < deadline:

@@ -135,16 +135,27 @@ async def relay(
     return Relayed(out, resp.status, usage)
 
 
+#: pooled connections the engine closed that one request may meet (several go idle together under bursty load)
+STALE_RETRIES = 3
+
+
 async def _post(session: aiohttp.ClientSession, target: Target, payload: bytes, headers: dict[str, str],
                 timeout: aiohttp.ClientTimeout) -> aiohttp.ClientResponse:
-    """POST, once more when the server closed the connection before any answer: a pooled keep-alive connection
-    the engine closed as it was reused never delivered the request (RFC 9112 section 9.3.1). aiohttp retries that
-    only for idempotent methods; generation has no side effects, so a POST may be sent again. A server that
-    really went away refuses the second connection, which counts against it as usual."""
-    try:
-        return await session.post(target.url, data=payload, headers=headers, timeout=timeout)
-    except aiohttp.ServerDisconnectedError:
-        return await session.post(target.url, data=payload, headers=headers, timeout=timeout)
+    """POST, again (up to STALE_RETRIES more times) when the server closed the connection before any answer: a
+    pooled keep-alive connection the engine closed as it was reused never delivered the request (RFC 9112 section
+    9.3.1). aiohttp retries that only for idempotent methods; generation has no side effects, so a POST may be sent
+    again. The same race shows as "Can not write request body" (a ClientOSError) when the close lands while the
+    request is written; under bursty load several pooled connections go stale together, so one retry is not
+    enough. A server that really went away refuses the new connection (ClientConnectorError, not retried here),
+    which counts against it as usual."""
+    for _ in range(STALE_RETRIES):
+        try:
+            return await session.post(target.url, data=payload, headers=headers, timeout=timeout)
+        except aiohttp.ClientConnectorError:
+            raise  # no connection was made: nothing stale to replace
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+            continue  # that pooled connection is discarded; the next try takes another, or a new one
+    return await session.post(target.url, data=payload, headers=headers, timeout=timeout)
 
 
 def _headers(target: Target, extra: Mapping[str, str]) -> dict[str, str]:
@@ -178,7 +189,6 @@ async def _relay_stream(
         out.headers["Cache-Control"] = "no-cache"
         out.headers.update(target.provenance())
     relayed = Relayed(out, 200)
-    upstream_done = False
     tap = progress.tap
     try:
         if not out.prepared and not await _to_client(out.prepare(request)):
@@ -199,17 +209,17 @@ async def _relay_stream(
                 ended = await _to_client(out.write(sse_error(message))) and await _to_client(out.write_eof())
                 relayed.client_gone = not ended
                 return relayed
-        upstream_done = progress.answered = True
+        progress.answered = True
         if tap is not None:
             relayed.usage = tap.usage
             await _to_client(out.write(tap.end()))
         await _to_client(out.write_eof())  # a client that closes after the last event has its whole answer
         return relayed
     finally:
-        if upstream_done:
-            resp.release()
-        else:  # drop the connection: vLLM and llama.cpp stop generating for a request whose socket closed
-            resp.close()
+        # never pooled again: cut short, vLLM and llama.cpp stop generating for a request whose socket closed;
+        # complete, llama.cpp closes it after the last chunk, and a pooled connection that closes as it is reused
+        # fails the next request (a fresh connection per stream costs nothing beside the generation)
+        resp.close()
 
 
 async def end_stream(out: web.StreamResponse, body: bytes) -> bool:

@@ -17,7 +17,13 @@ _PR_SET_PDEATHSIG = 1
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Ask Linux to SIGKILL the engine if the supervisor dies (even by SIGKILL): no orphan engines."""
+    """Ask Linux to SIGKILL the engine if the supervisor dies (even by SIGKILL): no orphan engines. And ignore
+    USR1/USR2: SLURM signals every process of the job (`--signal`, `scancel --signal`), and submitit's time-limit and
+    preemption warning is USR2, whose default action would kill the engine with requests in flight before the
+    supervisor could drain it. An ignored disposition survives exec; an engine that installs its own handler for
+    them (vLLM's front end for USR1 in some releases) keeps it."""
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     except OSError:

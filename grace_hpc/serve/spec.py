@@ -49,3 +49,6 @@ class ServeSpec:
     unresponsive_after_s: float = 15.0  # a READY engine silent on /health this long is taken out of routing
     restart_unresponsive_after_s: float = 300.0  # ... and this long: stopped and restarted
     env: tuple[tuple[str, str], ...] = ()  # extra environment for the engines (HF_HOME ...)
+    # submitted by the fleet controller, which hands the replica over to a successor before its time limit: the
+    # job ignores SLURM's time-limit warning (USR2) and does not requeue itself (see supervisor.py)
+    handover: bool = False

@@ -5,7 +5,11 @@
     -> at each heartbeat ask each engine's /health: silent for `unresponsive_after_s` -> `unresponsive` (not
        routable) until it answers again (serve/liveness.py); still silent after `restart_unresponsive_after_s`:
        stopped, and restarted as an engine that exited
-    -> on SIGTERM/USR2: `draining`, stop engines, deregister (USR2: requeue via submitit's checkpoint)
+    -> on WINCH (the fleet controller: a successor is ready, or a scale-down) or SIGTERM (scancel, preemption, the
+       time limit): drain = publish `draining` (the router, which re-reads the registry every second, stops
+       choosing it), wait for the engine's in-flight requests to finish, stop the engines, deregister
+    -> on USR2 (SLURM's time-limit warning, submitit's preemption signal): drain and requeue via submitit's
+       checkpoint; a job of the fleet controller (`spec.handover`) ignores it: its successor takes over instead
     -> on the exit of an engine that had been ready: `starting` again and restart it in place (serve/restarts.py:
        at most 3 exits in 10 min); on an exit during start-up or past that budget, record exit code and log tail,
        deregister, fail the job with that message.
@@ -36,6 +40,7 @@ from grace_hpc.registry.keys import key_path, new_api_key, write_key_file
 from grace_hpc.registry.records import EndpointRecord, EndpointState, PlanSummary
 from grace_hpc.registry.store import Registry
 from grace_hpc.serve.engine import EngineProcess, log_tail
+from grace_hpc.serve.inflight import in_flight
 from grace_hpc.serve.liveness import Liveness, answers_health
 from grace_hpc.serve.readiness import probe
 from grace_hpc.serve.resolve import resolve_argv
@@ -48,6 +53,31 @@ REQUEUE_SIGNAL_WAIT_S = 2.0
 #: While registry writes fail, retry after 1, 2, 4, 4, ... heartbeats: a sick mount is not hammered, and the job's
 #: entries are back within four heartbeats of the registry's return.
 MAX_BACKOFF_BEATS = 4
+#: After publishing `draining`, how long before in-flight requests are counted: the router re-reads the registry
+#: every second (`grace-hpc route`'s poll), so a request it chose just before is on the engine by then.
+ROUTER_SETTLE_S = 2.0
+#: A drain the fleet controller ordered (DRAIN_SIGNAL) waits this long at most for in-flight requests.
+DRAIN_TIMEOUT_S = 600.0
+#: A drain on SIGTERM waits at most this long: SLURM kills the job KillWait seconds after SIGTERM (30 s by default).
+TERM_DRAIN_S = 20.0
+#: A drain before a requeue (submitit's USR2: the time-limit warning or a preemption) waits at most this long:
+#: submitit requeues the job only once `checkpoint` returns, and the scheduler's grace time is short.
+REQUEUE_DRAIN_S = 15.0
+#: In-flight requests are asked of the engine this often, and the drain ends after QUIET_S of zeros in a row: a
+#: reading is a moment (a short request can fall between two), and a router slow to re-read the registry (a busy
+#: login node) may still be sending; requests keep coming back-to-back until it has seen `draining`.
+DRAIN_POLL_S = 0.1
+QUIET_S = 1.0
+#: An engine that cannot tell (no /slots, no gauges) is waited for this long, then stopped.
+UNKNOWN_S = 30.0
+
+#: The fleet controller's "drain and exit": `scancel --signal` reaches every process of the job step, the engine
+#: too, and an engine dies of USR1 (default action: terminate) but ignores WINCH (default: ignore; Apache's
+#: graceful-stop signal for the same reason), so only the supervisor hears it.
+DRAIN_SIGNAL = signal.SIGWINCH
+#: why the supervisor stopped (the endpoint's last_error while it drains; the fleet controller reads it)
+ORDERED = "drained by the fleet controller (WINCH: a successor is ready, or a scale-down)"
+TERMINATED = "stopped by SIGTERM (scancel, preemption or the time limit)"
 
 
 def free_port(host: str) -> int:
@@ -106,10 +136,15 @@ class Supervisor:
         self._beat_failures = 0  # registry writes failed in a row
         self._published: set[str] = set()  # endpoint ids written at least once (missing later: put back)
         self._shut_down = False
+        self._stop_reason = TERMINATED
+        self._drain_deadline: float | None = None  # set by the signal that starts the drain
 
     # -- lifecycle --------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        handlers = {signal.SIGTERM: self._on_sigterm, DRAIN_SIGNAL: self._on_drain}
+        if self.spec.handover:
+            handlers[signal.SIGUSR2] = self._on_time_limit_warning
+        previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
         t0 = time.time()
         try:
             for launch in self.spec.models:
@@ -121,35 +156,85 @@ class Supervisor:
                 self._check_liveness()
                 self._heartbeat()
                 self._wait_ready(restarted)
-            self.shutdown("stopped by SIGTERM")
-            # preemption sends USR2 right after SIGTERM: give submitit's handler the chance to requeue us
-            time.sleep(REQUEUE_SIGNAL_WAIT_S)
+            self.shutdown(self._stop_reason, drain=True)
+            if not (self.spec.handover or self._stop_reason == ORDERED):
+                # preemption sends USR2 right after SIGTERM: give submitit's handler the chance to requeue us
+                time.sleep(REQUEUE_SIGNAL_WAIT_S)
         except BaseException as exc:
             self.shutdown(f"failed: {exc}" if isinstance(exc, Exception) else "interrupted")
             raise
         finally:
-            signal.signal(signal.SIGTERM, previous)
-        return {"server": self.spec.server, "served_s": round(time.time() - t0, 1)}
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return {"server": self.spec.server, "served_s": round(time.time() - t0, 1), "stopped": self._stop_reason}
 
     def _on_sigterm(self, signum: int, frame: object) -> None:
+        # SLURM sends SIGKILL KillWait seconds after SIGTERM: a drain under way (WINCH) is cut short to fit
+        self.limit_drain(TERM_DRAIN_S)
+        if not self.stopping.is_set():
+            self._stop_reason = TERMINATED
         self.stopping.set()
 
-    def shutdown(self, reason: str) -> None:
-        """Drain, stop every engine, deregister, delete the keys. Every step is idempotent and nothing is skipped on
-        a second call: on preemption the USR2 handler calls this again while the SIGTERM-triggered call may be half
-        way. An engine whose start failed half way is in `running` too, so nothing it made is left behind."""
+    def _on_drain(self, signum: int, frame: object) -> None:
+        if not self.stopping.is_set():
+            self._stop_reason = ORDERED
+            self._drain_deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        self.stopping.set()
+
+    def limit_drain(self, seconds: float) -> None:
+        """A drain (under way or to come) ends within `seconds` from now."""
+        cap = time.monotonic() + seconds
+        self._drain_deadline = cap if self._drain_deadline is None else min(self._drain_deadline, cap)
+
+    def _on_time_limit_warning(self, signum: int, frame: object) -> None:
+        print("grace-hpc supervisor: USR2 (time limit near): serving on until the fleet controller's successor is "
+              "ready (WINCH) or the limit (SIGTERM); not requeued", flush=True)
+
+    def shutdown(self, reason: str, *, drain: bool = False) -> None:
+        """Stop taking requests (`draining`), with `drain` wait for those in flight, stop every engine, deregister,
+        delete the keys. Every step is idempotent and nothing is skipped on a second call: on preemption the USR2
+        handler calls this again while the SIGTERM-triggered call may be half way. An engine whose start failed half
+        way is in `running` too, so nothing it made is left behind."""
         self._shut_down = True
         live = [r for r in self.running if r.record.state is not EndpointState.GONE]  # GONE stays, for `status`
+        serving = [r for r in live if r.record.state is EndpointState.READY]
         for r in live:
             r.set_state(EndpointState.DRAINING, last_error=reason)
         if live:
             self._quietly(self.registry.publish, [r.record for r in live])
+        if drain and serving:
+            print(f"grace-hpc supervisor: draining ({reason})", flush=True)
+            self._drain(serving)
         for r in self.running:
             r.engine.stop()
         for r in live:
             self._quietly(self.registry.deregister, r.record.id)
         for r in self.running:
             Path(r.record.api_key_file or "").unlink(missing_ok=True)
+
+    def _drain(self, serving: list[Running]) -> None:
+        """Wait (until the drain deadline) for the engines to finish the requests they were sent before the router
+        saw `draining`."""
+        started = time.monotonic()
+        if self._drain_deadline is None:
+            self.limit_drain(TERM_DRAIN_S)
+        deadline = self._drain_deadline
+        assert deadline is not None  # just set
+        time.sleep(min(ROUTER_SETTLE_S, max(0.0, deadline - started)))
+        quiet_since: float | None = None
+        while (now := time.monotonic()) < deadline:
+            counts = [in_flight(r.record.base_url.replace(r.record.host, "127.0.0.1", 1), r.launch.engine, r.api_key)
+                      for r in serving]
+            if None in counts and now - started > UNKNOWN_S:
+                print(f"grace-hpc supervisor: the engine does not say what it serves; stopped after {UNKNOWN_S:g}s",
+                      flush=True)
+                return
+            quiet_since = (quiet_since or now) if all(c == 0 for c in counts) else None
+            if quiet_since is not None and now - quiet_since >= QUIET_S:
+                print(f"grace-hpc supervisor: drained in {now - started:.1f}s", flush=True)
+                return
+            time.sleep(DRAIN_POLL_S)
+        print(f"grace-hpc supervisor: drain time is up with requests still in flight on {self.spec.server}", flush=True)
 
     @staticmethod
     def _quietly(fn: Any, *args: Any, **kwargs: Any) -> None:
@@ -306,7 +391,9 @@ class ServerJob(submitit.helpers.Checkpointable):
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         if self._supervisor is not None:
-            self._supervisor.shutdown("preempted: requeued")
+            # the engines ignore USR2 (serve/engine.py): the requests they hold finish before the requeue
+            self._supervisor.limit_drain(REQUEUE_DRAIN_S)
+            self._supervisor.shutdown("time limit or preemption: requeued", drain=True)
         return submitit.helpers.DelayedSubmission(ServerJob(self.spec))
 
     def __getstate__(self) -> dict[str, Any]:

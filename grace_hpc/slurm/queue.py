@@ -3,9 +3,10 @@
 `parse_queue_lines` and `match_jobs` are pure and tested on recorded output of Slurm 22.05; `job_states` is the only
 function here that runs a command. Output format (both commands print `|`-separated fields, one job per line):
 
-    squeue --states=all -h -o '%i|%T|%r|%N|%M|%P' -j 4,5_3,8_5
-    4|CANCELLED|None|vm|0:13|t4
-    8_[5,7]|PENDING|Resources||0:00|t4          <- pending array tasks are folded into one line
+    squeue --states=all -h -o '%i|%T|%r|%N|%M|%P|%L' -j 4,5_3,8_5
+    4|CANCELLED|None|vm|0:13|t4|INVALID
+    6|RUNNING|None|vm|0:41|t4|1:19             <- %L: the time left before the job's limit (the fleet's handover)
+    8_[5,7]|PENDING|Resources||0:00|t4|2:00     <- pending array tasks are folded into one line
     sacct -X -n -P -o JobID,State,Reason,NodeList,Elapsed,Partition -j 4,8
     4|CANCELLED by 0|None|vm|00:00:13|t4
     8_[1-9%25]|PENDING|None|None assigned|00:00:00|t4
@@ -15,6 +16,8 @@ Facts this relies on (verified on the test cluster, Slurm 22.05.8):
 - `squeue -j` with one unknown id exits 1 with "Invalid job id specified"; with several ids it drops unknown ones.
 - `sacct -j 8_5` prints nothing for a task still folded into `8_[1-9%25]`: query the array's base id (`-j 8`).
 - sacct's State can carry a suffix (`CANCELLED by 0`); only the first word is the state.
+- squeue's `%L` is the time left of a running job (`INVALID` for a finished one, the whole limit for a pending
+  one, `UNLIMITED` without a limit); sacct has no such field, so its lines have six fields, squeue's seven.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from pydantic import BaseModel, ConfigDict
 
 from grace_hpc.errors import SchedulerError
 
-SQUEUE_FORMAT = "%i|%T|%r|%N|%M|%P"
+SQUEUE_FORMAT = "%i|%T|%r|%N|%M|%P|%L"
 SACCT_FIELDS = "JobID,State,Reason,NodeList,Elapsed,Partition"
 
 #: squeue's transient failures (slurmctld busy or restarting) are retried this many times, with backoff
@@ -97,11 +100,12 @@ class JobInfo(BaseModel):
     node: str | None = None  # node list; None while pending
     elapsed: int | None = None  # seconds the job has run
     partition: str | None = None
+    time_left: int | None = None  # seconds before the job's time limit (squeue's %L; None: unknown or unlimited)
 
 
 _LINE = re.compile(
     r"^(?P<job>[0-9]+(?:_(?:[0-9]+|\[[0-9,\-%]+\]))?)\|(?P<state>[^|]*)\|(?P<reason>[^|]*)\|(?P<node>[^|]*)\|"
-    r"(?P<elapsed>[^|]*)\|(?P<partition>[^|]*)$"
+    r"(?P<elapsed>[^|]*)\|(?P<partition>[^|]*)(?:\|(?P<left>[^|]*))?$"
 )
 _JOB_ID = re.compile(r"^(?P<base>[0-9]+)(?:_(?P<task>[0-9]+))?$")
 _ARRAY = re.compile(r"^(?P<base>[0-9]+)_(?:(?P<task>[0-9]+)|\[(?P<ranges>[0-9,\-]+)(?:%[0-9]+)?\])$")
@@ -136,10 +140,11 @@ def parse_queue_lines(text: str, source: str) -> list[JobInfo]:
         m = _LINE.match(line.strip())
         if not m:
             raise SchedulerError(f"{source}: cannot parse output line {line!r} (expected JOBID|STATE|REASON|NODES|"
-                                 "ELAPSED|PARTITION); is this a Slurm version grace-hpc does not know?")
+                                 "ELAPSED|PARTITION[|TIME_LEFT]); is this a Slurm version grace-hpc does not know?")
         out.append(JobInfo(job_id=m["job"], state=JobState.parse(m["state"]), reason=_none(m["reason"]),
                            node=_none(m["node"]), elapsed=parse_duration(m["elapsed"]),
-                           partition=_none(m["partition"])))
+                           partition=_none(m["partition"]),
+                           time_left=parse_duration(m["left"]) if m["left"] else None))
     return out
 
 
