@@ -216,6 +216,9 @@ class Supervisor:
         """Wait (until the drain deadline) for the engines to finish the requests they were sent before the router
         saw `draining`."""
         started = time.monotonic()
+        serving = [r for r in serving if r.engine.exit_code() is None]
+        if not serving:  # SLURM's SIGTERM reaches the engines too: nothing is left to wait for
+            return
         if self._drain_deadline is None:
             self.limit_drain(TERM_DRAIN_S)
         deadline = self._drain_deadline
@@ -223,7 +226,8 @@ class Supervisor:
         time.sleep(min(ROUTER_SETTLE_S, max(0.0, deadline - started)))
         quiet_since: float | None = None
         while (now := time.monotonic()) < deadline:
-            counts = [in_flight(r.record.base_url.replace(r.record.host, "127.0.0.1", 1), r.launch.engine, r.api_key)
+            counts = [0 if r.engine.exit_code() is not None else
+                      in_flight(r.record.base_url.replace(r.record.host, "127.0.0.1", 1), r.launch.engine, r.api_key)
                       for r in serving]
             if None in counts and now - started > UNKNOWN_S:
                 print(f"grace-hpc supervisor: the engine does not say what it serves; stopped after {UNKNOWN_S:g}s",
