@@ -146,6 +146,23 @@ class SlowRegistry(Registry):
         return super().changed_since(version)
 
 
+def test_a_cookie_an_upstream_sets_never_rides_along_with_later_requests(tmp_path):
+    seen: list[str | None] = []
+
+    async def answer(request: web.Request, n: int) -> web.StreamResponse:
+        seen.append(request.headers.get("Cookie"))
+        response = await canned_answer(request, n)
+        response.set_cookie("__cf_bm", f"set-for-request-{n}")  # what a cloud API behind a CDN sends
+        return response
+
+    with standin_upstream(answer) as upstream:
+        by_name = upstream.url.replace("127.0.0.1", "localhost")  # a client cookie jar refuses IP-address hosts
+        with router(table(), tmp_path / "registry.json", [record("e", by_name, "chat")]) as url:
+            for _ in range(3):
+                assert requests.post(f"{url}/chat/completions", json={"model": "chat", **QUESTION}, timeout=10).ok
+    assert seen == [None, None, None]  # one client's upstream cookie is never sent on another client's behalf
+
+
 def test_the_event_loop_never_waits_on_the_file_system(tmp_path):
     """Registry polls run in worker threads: were the 0.1 s check on the event loop, polled every 0.01 s, the loop
     would be blocked 90 % of the time and many answers would wait for a whole check."""
