@@ -119,9 +119,8 @@ async def relay(
     if stream and resp.status == 200 and content_type.startswith("text/event-stream"):
         return await _relay_stream(request, resp, first, target, headers, progress)
     resp.release()
-    out = web.Response(body=body, status=resp.status, headers=headers)
-    out.headers["Content-Type"] = content_type or "application/json"
-    out.headers.update(target.provenance())
+    out = web.Response(body=body, status=resp.status,
+                       headers={**headers, "Content-Type": content_type or "application/json", **target.provenance()})
     usage = _usage(body) if resp.status == 200 and content_type.startswith("application/json") else None
     return Relayed(out, resp.status, usage)
 
