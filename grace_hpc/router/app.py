@@ -102,8 +102,9 @@ async def _lifespan(app: web.Application) -> AsyncIterator[None]:
 async def _request_id_and_json_errors(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    given = request.headers.get(REQUEST_ID, "")
-    request[REQUEST_ID_KEY] = given if _SANE_REQUEST_ID.fullmatch(given) else request.app[STATE].new_request_id()
+    given = request.headers.get(REQUEST_ID)
+    request[REQUEST_ID_KEY] = (given if given and _SANE_REQUEST_ID.fullmatch(given)
+                               else request.app[STATE].new_request_id())
     try:
         response = await handler(request)
     except web.HTTPRequestEntityTooLarge:

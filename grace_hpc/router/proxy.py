@@ -36,7 +36,7 @@ ROUTES = {
 }
 
 
-@dataclass
+@dataclass(slots=True)
 class Exchange:
     """One request as the access log and the metrics see it, filled in as it proceeds."""
 

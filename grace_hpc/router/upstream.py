@@ -45,7 +45,7 @@ class Target:
         return headers
 
 
-@dataclass
+@dataclass(slots=True)
 class StreamProgress:
     """Shared with the caller, so it is known even when the handler is cancelled mid-write: whether the client
     already has the whole answer (`data: [DONE]`), after which its hang-up is an ordinary end, not a disconnect."""
@@ -53,7 +53,7 @@ class StreamProgress:
     answered: bool = False
 
 
-@dataclass
+@dataclass(slots=True)
 class Relayed:
     response: web.StreamResponse
     status: int
