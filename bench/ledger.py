@@ -49,7 +49,7 @@ def main() -> int:
         off = cpu_us_per_request(args.requests, None)
         on = cpu_us_per_request(args.requests, LedgerWriter(open_ledger(target)))
     print(f"CPU per request, user hooks only: ledger off {off:.1f} us, on {on:.1f} us (+{on - off:.1f} us); "
-          "a proxied request costs ~370 us (docs/router.md)")
+          "a proxied request costs 230-460 us of CPU (docs/router.md)")
     return 0
 
 

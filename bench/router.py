@@ -2,17 +2,20 @@
 """Router overhead benchmark: direct vs through grace-hpc, vLLM's Rust router and LiteLLM's proxy, same machine,
 same run.
 
-    python bench/router.py [--rates 200,1000] [--duration 10] [--litellm PATH/TO/litellm] [--ledger]
     python bench/router.py [--rates 200,1000] [--duration 10] [--litellm PATH/TO/litellm]
-                           [--vllm-router PATH/TO/vllm-router]
+                           [--vllm-router PATH/TO/vllm-router] [--ledger [--ledger-rounds 3]] [--floor]
 
 Upstream: nginx (apt `nginx-light`) answering every POST with one canned chat completion, so the upstream costs
 almost nothing and what is measured is the proxy. Load: an open-loop generator in its own process (latency is
 measured from each request's *scheduled* send time, as wrk2 does, so a stalled proxy cannot hide its queueing) at
 fixed rates, and `wrk` (apt `wrk`) closed-loop at saturation. With 2+ CPUs the proxy under test is pinned to its
 own core (`taskset`), the upstream and the load generator to the others.
-Prints one table: p50/p99 added over direct at each rate, max req/s, and the ratios. `--ledger` adds the router
-with its usage ledger on (SQLite, docs/usage.md) beside the router with it off, in the same run.
+Prints one table: p50/p99 added over direct at each rate, max req/s, the proxy's CPU time per request, and the
+ratios. An added latency is never shown negative: when the direct path itself stalled (its percentile is above the
+proxied one, which only queueing in the shared machine's load generator or upstream can cause) the cell reads
+`void` with both numbers. `--ledger` adds the router as a lab runs it with its usage ledger on: a per-user key on
+every request and the SQLite ledger (docs/usage.md); its max req/s ratio to the keyless, ledger-off router is taken
+from `--ledger-rounds` alternating wrk runs of the two, both running, so a burst of other tenants' load hits both.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import os
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -57,7 +61,8 @@ def pinned(argv: list[str], cores: list[int]) -> list[str]:
     return ["taskset", "-c", ",".join(map(str, cores)), *argv]
 
 
-def wait_http(url: str, proc: subprocess.Popen[bytes] | None = None, timeout_s: float = 60.0) -> None:
+def wait_http(url: str, proc: subprocess.Popen[bytes] | None = None, headers: dict[str, str] | None = None,
+              timeout_s: float = 60.0) -> None:
     import requests
 
     deadline = time.monotonic() + timeout_s
@@ -65,7 +70,7 @@ def wait_http(url: str, proc: subprocess.Popen[bytes] | None = None, timeout_s: 
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"{proc.args} exited with {proc.returncode} before answering; see its log")
         try:
-            requests.post(url, data=BODY, headers={"Content-Type": "application/json"}, timeout=2)
+            requests.post(url, data=BODY, headers={"Content-Type": "application/json", **(headers or {})}, timeout=2)
             return
         except requests.RequestException:
             time.sleep(0.2)
@@ -73,9 +78,10 @@ def wait_http(url: str, proc: subprocess.Popen[bytes] | None = None, timeout_s: 
 
 
 @contextmanager
-def process(argv: list[str], log: Path, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+def process(argv: list[str], log: Path, env: dict[str, str] | None = None,
+            cwd: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
     with open(log, "wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd)
     try:
         yield proc
     finally:
@@ -109,34 +115,44 @@ http {{
         yield url
 
 
+Proxy = tuple[str, int | None, dict[str, str]]  # base URL, the pid whose CPU time is measured, request headers
+
+
 @contextmanager
-def grace_router(work: Path, upstream: str, cores: list[int], ledger: str = "off") -> Iterator[tuple[str, int]]:
+def grace_router(work: Path, upstream: str, cores: list[int], ledger: str = "off") -> Iterator[Proxy]:
+    """`ledger` a SQLite path: the ledger on, and a user key (keys.json beside the registry) on every request."""
     sys.path.insert(0, str(ROOT))
     from grace_hpc.registry.records import EndpointRecord, EndpointState, PlanSummary
     from grace_hpc.registry.store import Registry
+    from grace_hpc.users.keys import KeyStore
 
     port = int(upstream.rsplit(":", 1)[1].split("/")[0])
     now = time.time()
-    folder = work / f"reg-{ledger.replace('/', '_')}"
-    folder.mkdir(mode=0o700)
+    folder = Path(tempfile.mkdtemp(prefix="reg-", dir=work))  # 0700, one per start: a proxy may be started twice
     registry = Registry(folder / "registry.json")
     registry.register(EndpointRecord(
         id="nginx", model="bench", served_model_name="bench", engine="external", host="127.0.0.1", port=port,
         base_url=upstream, started_at=now, heartbeat_at=now, state=EndpointState.READY,
         plan=PlanSummary(max_num_seqs=256), external=True))
+    headers = {}
+    if ledger != "off":
+        key, _ = KeyStore(folder / "keys.json", time.time).create("bench")
+        headers["Authorization"] = f"Bearer {key}"
     routing = work / "routing.yaml"
     routing.write_text("categories:\n  - {name: default, models: [bench]}\n")
     router_port = free_port()
     argv = [sys.executable, "-m", "grace_hpc", "route", "--port", str(router_port), "--routing", str(routing),
             "--registry", str(registry.path), "--ledger", ledger]
-    with process(pinned(argv, cores), folder / "grace.log", env=dict(os.environ, PYTHONPATH=str(ROOT))) as proc:
+    # cwd: `python -m` puts the working directory first on sys.path, ahead of PYTHONPATH (ROOT)
+    with process(pinned(argv, cores), folder / "grace.log", env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                 cwd=ROOT) as proc:
         url = f"http://127.0.0.1:{router_port}/v1"
-        wait_http(f"{url}/chat/completions", proc)
-        yield url, proc.pid
+        wait_http(f"{url}/chat/completions", proc, headers)
+        yield url, proc.pid, headers
 
 
 @contextmanager
-def litellm_proxy(work: Path, upstream: str, cores: list[int], litellm: str) -> Iterator[tuple[str, int]]:
+def litellm_proxy(work: Path, upstream: str, cores: list[int], litellm: str) -> Iterator[Proxy]:
     port = free_port()
     conf = work / "litellm.yaml"
     conf.write_text(
@@ -150,11 +166,11 @@ def litellm_proxy(work: Path, upstream: str, cores: list[int], litellm: str) -> 
     with process(pinned(argv, cores), work / "litellm.log", env=env) as proc:
         url = f"http://127.0.0.1:{port}/v1"
         wait_http(f"{url}/chat/completions", proc, timeout_s=180)
-        yield url, proc.pid
+        yield url, proc.pid, {}
 
 
 @contextmanager
-def vllm_router_proxy(work: Path, upstream: str, cores: list[int], exe: str) -> Iterator[tuple[str, int]]:
+def vllm_router_proxy(work: Path, upstream: str, cores: list[int], exe: str) -> Iterator[Proxy]:
     """vLLM's Rust router (PyPI `vllm-router`) over the same nginx: it takes workers' root URLs, routes
     /v1/chat/completions to one of them, and health-checks them on GET /health (nginx answers 200 to anything)."""
     port = free_port()
@@ -163,27 +179,63 @@ def vllm_router_proxy(work: Path, upstream: str, cores: list[int], exe: str) -> 
     with process(pinned(argv, cores), work / "vllm-router.log") as proc:
         url = f"http://127.0.0.1:{port}/v1"
         wait_http(f"{url}/chat/completions", proc, timeout_s=120)
-        yield url, proc.pid
+        yield url, proc.pid, {}
+
+
+@contextmanager
+def aiohttp_floor(work: Path, upstream: str, cores: list[int]) -> Iterator[Proxy]:
+    """The least a Python proxy built like grace-hpc can cost: aiohttp's server and client on uvloop, relaying the
+    body with no routing, accounting or logging (`_floor` below). The gap to grace-hpc is what routing costs."""
+    port = free_port()
+    argv = [sys.executable, __file__, "_floor", str(port), f"{upstream}/chat/completions"]
+    with process(pinned(argv, cores), work / "floor.log") as proc:
+        url = f"http://127.0.0.1:{port}/v1"
+        wait_http(f"{url}/chat/completions", proc)
+        yield url, proc.pid, {}
+
+
+def _floor(port: int, upstream: str) -> None:
+    import aiohttp
+    import uvloop
+    from aiohttp import web
+
+    async def relay(request: web.Request) -> web.Response:
+        async with request.app[session].post(upstream, data=await request.read(),
+                                             headers={"Content-Type": "application/json"}) as r:
+            return web.Response(body=await r.read(), status=r.status, content_type="application/json")
+
+    async def lifespan(app: web.Application) -> Iterator[None]:
+        app[session] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), auto_decompress=False,
+                                             cookie_jar=aiohttp.DummyCookieJar())
+        yield
+        await app[session].close()
+
+    session = web.AppKey("session", aiohttp.ClientSession)
+    app = web.Application()
+    app.cleanup_ctx.append(lifespan)
+    app.router.add_post("/v1/chat/completions", relay)
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None, loop=uvloop.new_event_loop())
 
 
 # -- load -------------------------------------------------------------------------------------------------------
-async def _open_loop(url: str, rate: float, duration: float) -> dict[str, float]:
+async def _open_loop(url: str, rate: float, duration: float, extra: dict[str, str]) -> dict[str, float]:
     import aiohttp
 
     n = int(rate * duration)
     latencies: list[float] = []
     errors = 0
+    headers = {"Content-Type": "application/json", **extra}
     connector = aiohttp.TCPConnector(limit=512)
     async with aiohttp.ClientSession(connector=connector) as session:
         # warm the pool and the proxy
         for _ in range(50):
-            async with session.post(url, data=BODY, headers={"Content-Type": "application/json"}) as r:
+            async with session.post(url, data=BODY, headers=headers) as r:
                 await r.read()
 
         async def one(scheduled: float) -> None:
             nonlocal errors
             try:
-                async with session.post(url, data=BODY, headers={"Content-Type": "application/json"}) as r:
+                async with session.post(url, data=BODY, headers=headers) as r:
                     await r.read()
                     if r.status != 200:
                         errors += 1
@@ -205,8 +257,8 @@ async def _open_loop(url: str, rate: float, duration: float) -> dict[str, float]
             "errors": errors, "n": n}
 
 
-def open_loop(url: str, rate: float, duration: float, cores: list[int]) -> dict[str, float]:
-    argv = pinned([sys.executable, __file__, "_load", url, str(rate), str(duration)], cores)
+def open_loop(url: str, rate: float, duration: float, cores: list[int], headers: dict[str, str]) -> dict[str, float]:
+    argv = pinned([sys.executable, __file__, "_load", url, str(rate), str(duration), json.dumps(headers)], cores)
     out = subprocess.run(argv, capture_output=True, text=True, check=True)
     return json.loads(out.stdout)
 
@@ -232,12 +284,15 @@ def cpu_seconds(pid: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def saturate(url: str, duration: float, cores: list[int], pid: int | None, connections: int = 64) -> dict[str, float]:
+def saturate(url: str, duration: float, cores: list[int], pid: int | None, headers: dict[str, str],
+             connections: int = 64) -> dict[str, float]:
     """Closed-loop max req/s, and the proxy's CPU time per request: the second is what a noisy, shared machine
-    cannot distort much (other tenants take wall time from the proxy, not CPU time per request)."""
+    distorts least (other tenants take wall time from the proxy; they still slow its caches)."""
     script = Path(tempfile.mkdtemp()) / "post.lua"
-    script.write_text(f'wrk.method = "POST"\nwrk.body = {json.dumps(BODY)}\n'
-                      'wrk.headers["Content-Type"] = "application/json"\n')
+    lines = ['wrk.method = "POST"', f"wrk.body = {json.dumps(BODY)}"]
+    lines += [f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}" for k, v in
+              {"Content-Type": "application/json", **headers}.items()]
+    script.write_text("\n".join(lines) + "\n")
     argv = pinned(["wrk", "-t1", f"-c{connections}", f"-d{duration:.0f}s", "-s", str(script), url], cores)
     cpu0 = cpu_seconds(pid) if pid else 0.0
     out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
@@ -251,14 +306,23 @@ def saturate(url: str, duration: float, cores: list[int], pid: int | None, conne
 
 
 def main() -> int:
-    if len(sys.argv) == 5 and sys.argv[1] == "_load":
-        print(json.dumps(asyncio.run(_open_loop(sys.argv[2], float(sys.argv[3]), float(sys.argv[4])))))
+    if len(sys.argv) == 6 and sys.argv[1] == "_load":
+        url, rate, duration, headers = sys.argv[2], float(sys.argv[3]), float(sys.argv[4]), json.loads(sys.argv[5])
+        print(json.dumps(asyncio.run(_open_loop(url, rate, duration, headers))))
+        return 0
+    if len(sys.argv) == 4 and sys.argv[1] == "_floor":
+        _floor(int(sys.argv[2]), sys.argv[3])
         return 0
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rates", default="200,1000", help="fixed request rates, comma-separated (default 200,1000)")
     p.add_argument("--duration", type=float, default=10.0, help="seconds per measurement (default 10)")
     p.add_argument("--litellm", default=shutil.which("litellm"), help="the `litellm` proxy executable, if any")
-    p.add_argument("--ledger", action="store_true", help="also measure grace-hpc with its usage ledger on (SQLite)")
+    p.add_argument("--ledger", action="store_true",
+                   help="also measure grace-hpc with a user key and its usage ledger on (SQLite)")
+    p.add_argument("--ledger-rounds", type=int, default=3,
+                   help="alternating wrk runs of ledger off / on for their max req/s ratio (default 3)")
+    p.add_argument("--floor", action="store_true",
+                   help="also measure a bare aiohttp relay (no routing): the floor of a Python proxy like grace-hpc")
     p.add_argument("--vllm-router", default=shutil.which("vllm-router"),
                    help="the `vllm-router` executable (PyPI vllm-router), if any")
     args = p.parse_args()
@@ -272,30 +336,54 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         with nginx_upstream(work, other_cores) as upstream:
-            targets = {"direct": lambda: _nullcontext((upstream, None)), "grace-hpc": lambda: grace_router(
+            targets = {"direct": lambda: _nullcontext((upstream, None, {})), "grace-hpc": lambda: grace_router(
                 work, upstream, proxy_cores)}
             if args.ledger:
                 targets["grace-hpc+ledger"] = lambda: grace_router(work, upstream, proxy_cores,
                                                                    str(work / "ledger.sqlite"))
+            if args.floor:
+                targets["aiohttp floor"] = lambda: aiohttp_floor(work, upstream, proxy_cores)
             if args.vllm_router:
                 targets["vllm-router"] = lambda: vllm_router_proxy(work, upstream, proxy_cores, args.vllm_router)
             if args.litellm:
                 targets["litellm"] = lambda: litellm_proxy(work, upstream, proxy_cores, args.litellm)
             for name, start in targets.items():
-                with start() as (base, pid):
+                with start() as (base, pid, headers):
                     url = f"{base}/chat/completions"
                     row: dict[str, object] = {
-                        "rates": {r: open_loop(url, r, args.duration, other_cores) for r in rates}}
-                    row.update(saturate(url, args.duration, other_cores, pid))
+                        "rates": {r: open_loop(url, r, args.duration, other_cores, headers) for r in rates}}
+                    row.update(saturate(url, args.duration, other_cores, pid, headers))
                     results[name] = row
                     print(f"measured {name}: {json.dumps(row)}", file=sys.stderr, flush=True)
+            if args.ledger:
+                with targets["grace-hpc"]() as off, targets["grace-hpc+ledger"]() as on:
+                    ledger_runs = alternate({"off": off, "on": on}, args.ledger_rounds, args.duration, other_cores)
     print_table(results, rates, len(all_cpus))
+    if args.ledger:
+        print_ledger(ledger_runs)
     return 0
 
 
+def alternate(proxies: dict[str, Proxy], rounds: int, duration: float, cores: list[int]) -> dict[str, list[dict]]:
+    """wrk on each running proxy in turn, `rounds` times: a load burst from other tenants lands on both."""
+    runs: dict[str, list[dict]] = {name: [] for name in proxies}
+    for _ in range(rounds):
+        for name, (base, pid, headers) in proxies.items():
+            runs[name].append(saturate(f"{base}/chat/completions", duration, cores, pid, headers))
+    return runs
+
+
 @contextmanager
-def _nullcontext(value: tuple[str, None]) -> Iterator[tuple[str, None]]:
+def _nullcontext(value: Proxy) -> Iterator[Proxy]:
     yield value
+
+
+def added(proxied: float, direct: float) -> str:
+    """The latency a proxy adds over the direct path, or `void` when the direct path was the slower one: then
+    the machine's queueing (load generator, upstream, other tenants) dominated, not the proxy."""
+    if proxied < direct:
+        return f"void (direct path stalled: {direct:.2f})"
+    return f"+{proxied - direct:.2f}"
 
 
 def print_table(results: dict[str, dict], rates: list[float], ncpu: int) -> None:
@@ -315,20 +403,30 @@ def print_table(results: dict[str, dict], rates: list[float], ncpu: int) -> None
             if name == "direct":
                 cells.append(f"{m['p50_ms']:.2f} / {m['p99_ms']:.2f} (absolute)")
             else:
-                cells.append(f"+{m['p50_ms'] - d['p50_ms']:.2f} / +{m['p99_ms'] - d['p99_ms']:.2f}{err}")
+                cells.append(f"{added(m['p50_ms'], d['p50_ms'])} / {added(m['p99_ms'], d['p99_ms'])}{err}")
         cpu = row["cpu_us_per_request"]
         per_core = f"{1e6 / cpu:.0f}" if cpu else "-"
         print(f"| {name} | " + " | ".join(cells) + f" | {row['rps']:.0f} | {row['rps'] / direct['rps']:.2f} | "
               + (f"{cpu:.0f} us" if cpu else "-") + f" | {per_core} |")
-    if "grace-hpc+ledger" in results:
-        on, off = results["grace-hpc+ledger"], results["grace-hpc"]
-        print(f"\nledger on vs off: {on['rps'] / off['rps']:.1%} of the max req/s, "
-              f"{on['cpu_us_per_request'] - off['cpu_us_per_request']:+.0f} us of proxy CPU per request")
-    for other, label in (("vllm-router", "vllm-router"), ("litellm", "LiteLLM")):
+    for other, label in (("aiohttp floor", "the aiohttp floor"), ("vllm-router", "vllm-router"),
+                         ("litellm", "LiteLLM")):
         if other in results and "grace-hpc" in results:
             g, o = results["grace-hpc"], results[other]
             print(f"grace-hpc vs {label}: {g['rps'] / o['rps']:.2f}x its max req/s, "
-                  f"{g['cpu_us_per_request'] / o['cpu_us_per_request']:.2f}x its proxy CPU per request")
+                  f"{g['cpu_us_per_request'] / o['cpu_us_per_request']:.2f}x its proxy CPU per request "
+                  f"({g['cpu_us_per_request'] - o['cpu_us_per_request']:+.0f} us)")
+
+
+
+def print_ledger(runs: dict[str, list[dict]]) -> None:
+    """The ledger's cost (issue 15's aim: within 15 % of the max req/s): medians of the alternating runs."""
+    rps = {k: statistics.median(r["rps"] for r in v) for k, v in runs.items()}
+    cpu = {k: statistics.median(r["cpu_us_per_request"] for r in v) for k, v in runs.items()}
+    shown = {k: ", ".join(f"{r['rps']:.0f}" for r in v) for k, v in runs.items()}
+    print(f"\nledger on (user key + SQLite ledger) vs off (keyless), {len(runs['on'])} alternating wrk runs each: "
+          f"{rps['on'] / rps['off']:.1%} of the max req/s (medians {rps['on']:.0f} vs {rps['off']:.0f}; on: "
+          f"{shown['on']}; off: {shown['off']}), {cpu['on'] - cpu['off']:+.0f} us of proxy CPU per request "
+          f"({cpu['on']:.0f} vs {cpu['off']:.0f})")
 
 
 if __name__ == "__main__":

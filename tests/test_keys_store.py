@@ -9,6 +9,7 @@ from datetime import date, timedelta
 import pytest
 
 from grace_hpc.errors import ConfigError
+from grace_hpc.users import keys
 from grace_hpc.users.keys import KeyStore
 from grace_hpc.users.limits import TokenBucket
 from tests.support.cli import grace
@@ -34,6 +35,20 @@ def test_a_wrong_secret_an_unknown_id_and_junk_are_not_keys(tmp_path):
     assert table.identify(key[:-1] + ("A" if key[-1] != "A" else "B"), TODAY) is None
     assert table.identify("gk_00000000_" + key.split("_", 2)[2], TODAY) is None
     assert table.identify("sk-not-ours", TODAY) is None
+
+
+def test_a_verified_key_is_not_hashed_again_and_its_id_with_another_secret_is_still_refused(tmp_path, monkeypatch):
+    store = key_store(tmp_path)
+    key, record = store.create("ada")
+    table = store.table()
+    digests = []
+    real = keys.key_digest
+    monkeypatch.setattr(keys, "key_digest", lambda salt, token: digests.append(token) or real(salt, token))
+    assert table.identify(key, TODAY) == record and table.identify(key, TODAY) == record
+    assert len(digests) == 1  # the HMAC ran once: later requests with the key find it remembered
+    forged = key[:-1] + ("A" if key[-1] != "A" else "B")
+    assert table.identify(forged, TODAY) is None and len(digests) == 2
+    assert store.table().identify(key, TODAY) == record and len(digests) == 3  # a new table remembers nothing
 
 
 def test_the_same_key_in_another_store_does_not_match_its_salt_differs(tmp_path):

@@ -16,6 +16,7 @@ import requests
 import yaml
 
 from grace_hpc.ledger import LedgerRecord, LedgerWriter, Served, open_ledger
+from grace_hpc.ledger.sql import ROWS_PER_INSERT
 from grace_hpc.ledger.writer import FLUSH_S
 from grace_hpc.registry.store import Registry
 from tests.support.ledger_fixtures import ledger_target, postgres_dsn, read_all  # noqa: F401  (fixtures)
@@ -49,6 +50,28 @@ def test_the_writer_commits_in_batches_and_its_last_batch_on_close(ledger_target
         writer.add(rec(float(i), "ada"))
     writer.close()
     assert len(read_all(ledger_target)) == 500 and writer.written == 500
+
+
+def test_a_batch_larger_than_one_statement_is_written_whole_and_in_order(ledger_target):  # noqa: F811
+    ledger = open_ledger(ledger_target)
+    try:
+        batch = [rec(float(i), f"user-{i}") for i in range(2 * ROWS_PER_INSERT + 3)]
+        ledger.write(batch)
+        assert ledger.read(0.0) == batch
+    finally:
+        ledger.close()
+
+
+def test_a_batch_is_a_few_multi_row_statements_so_the_writer_rarely_hands_the_gil_back(tmp_path):
+    # each statement a driver runs releases the GIL and hands it to the router's event loop and back
+    ledger = open_ledger(tmp_path / "ledger.sqlite")
+    statements: list[str] = []
+    ledger.conn.set_trace_callback(statements.append)
+    try:
+        ledger.write([rec(float(i), "ada") for i in range(2 * ROWS_PER_INSERT + 3)])
+    finally:
+        ledger.close()
+    assert sum(s.startswith("INSERT") for s in statements) == 3
 
 
 @pytest.mark.engine

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import re
+import subprocess
+import sys
 import time
 
 import requests
@@ -144,6 +146,23 @@ class SlowRegistry(Registry):
         return super().changed_since(version)
 
 
+def test_a_cookie_an_upstream_sets_never_rides_along_with_later_requests(tmp_path):
+    seen: list[str | None] = []
+
+    async def answer(request: web.Request, n: int) -> web.StreamResponse:
+        seen.append(request.headers.get("Cookie"))
+        response = await canned_answer(request, n)
+        response.set_cookie("__cf_bm", f"set-for-request-{n}")  # what a cloud API behind a CDN sends
+        return response
+
+    with standin_upstream(answer) as upstream:
+        by_name = upstream.url.replace("127.0.0.1", "localhost")  # a client cookie jar refuses IP-address hosts
+        with router(table(), tmp_path / "registry.json", [record("e", by_name, "chat")]) as url:
+            for _ in range(3):
+                assert requests.post(f"{url}/chat/completions", json={"model": "chat", **QUESTION}, timeout=10).ok
+    assert seen == [None, None, None]  # one client's upstream cookie is never sent on another client's behalf
+
+
 def test_the_event_loop_never_waits_on_the_file_system(tmp_path):
     """Registry polls run in worker threads: were the 0.1 s check on the event loop, polled every 0.01 s, the loop
     would be blocked 90 % of the time and many answers would wait for a whole check."""
@@ -156,3 +175,24 @@ def test_the_event_loop_never_waits_on_the_file_system(tmp_path):
             assert requests.get(f"{url}/health", timeout=10).ok
             timings.append(time.monotonic() - started)
     assert sum(t > 0.05 for t in timings) <= 2  # measured on the loop: 15 of 40 (each one a whole check)
+
+
+def test_a_router_run_in_the_foreground_leaves_its_start_up_objects_to_no_collection(tmp_path):
+    # a process of its own: run_router tunes the collector of the whole process (serve.py, tune_gc)
+    script = f"""
+import gc, os, signal, sys
+from grace_hpc.config.routing import Routing
+from grace_hpc.registry.store import Registry
+from grace_hpc.router import create_app, run_router
+from grace_hpc.router.serve import GC_YOUNG_THRESHOLD
+
+def listening(url):
+    print(gc.get_freeze_count(), gc.get_threshold()[0] == GC_YOUNG_THRESHOLD, flush=True)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+routing = Routing.model_validate({{"categories": [{{"name": "default", "models": ["chat"]}}]}})
+run_router(create_app(routing, Registry({str(tmp_path / "registry.json")!r})), port=0, on_listening=listening)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
+    frozen, raised = out.stdout.split()
+    assert int(frozen) > 10_000 and raised == "True", out.stdout  # imports, config and app: frozen, never rescanned

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
 from enum import Enum
-from operator import attrgetter
+from typing import NamedTuple
 
 
 class Served(str, Enum):
@@ -13,8 +12,10 @@ class Served(str, Enum):
     NONE = "none"  # refused or failed: nothing served it
 
 
-@dataclass(frozen=True)
-class LedgerRecord:
+class LedgerRecord(NamedTuple):
+    """Built on the event loop for every request, so a tuple (1.8 us against 3.2 us for a frozen dataclass), and
+    its database row is itself but for `served` (`row()`, called in the writer's thread)."""
+
     ts: float  # unix time the request arrived
     username: str
     key_id: str | None  # the key's public id; None for $GRACE_ROUTER_KEYS or a loopback router without keys
@@ -31,8 +32,7 @@ class LedgerRecord:
     cost_usd: float  # cloud only; 0 for local
 
     def row(self) -> tuple[object, ...]:
-        values = _VALUES(self)  # attrgetter, not dataclasses.astuple: astuple deep-copies (~30 us a record)
-        return values[:5] + (self.served.value,) + values[6:]
+        return (*self[:5], self.served.value, *self[6:])  # the enum's value: drivers differ in how they store enums
 
     @classmethod
     def from_row(cls, row: tuple[object, ...]) -> LedgerRecord:
@@ -41,5 +41,4 @@ class LedgerRecord:
         return cls(*values)  # type: ignore[arg-type]  # columns are in field order (COLUMNS)
 
 
-COLUMNS = tuple(f.name for f in fields(LedgerRecord))
-_VALUES = attrgetter(*COLUMNS)
+COLUMNS = LedgerRecord._fields

@@ -84,7 +84,10 @@ async def _lifespan(app: web.Application) -> AsyncIterator[None]:
     # vllm/envs.py; llama.cpp's cpp-httplib: CPPHTTPLIB_KEEPALIVE_TIMEOUT_SECOND = 5; aiohttp's default is 15 s),
     # so a request is rarely sent on a connection the engine is closing.
     connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=UPSTREAM_KEEPALIVE_S)
-    state.session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+    # no cookie jar: a cookie one upstream sets (cloud APIs behind a CDN do) must not ride along with every later
+    # client's request, and an empty jar is still consulted per request
+    state.session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
+                                          cookie_jar=aiohttp.DummyCookieJar())
     if state.access_log_path is not None:
         state.access = AccessLog(state.access_log_path).__enter__()
     tasks = await start_tasks(state)
@@ -99,8 +102,9 @@ async def _lifespan(app: web.Application) -> AsyncIterator[None]:
 async def _request_id_and_json_errors(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    given = request.headers.get(REQUEST_ID, "")
-    request[REQUEST_ID_KEY] = given if _SANE_REQUEST_ID.fullmatch(given) else request.app[STATE].new_request_id()
+    given = request.headers.get(REQUEST_ID)
+    request[REQUEST_ID_KEY] = (given if given and _SANE_REQUEST_ID.fullmatch(given)
+                               else request.app[STATE].new_request_id())
     try:
         response = await handler(request)
     except web.HTTPRequestEntityTooLarge:

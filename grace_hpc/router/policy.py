@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from grace_hpc.config.routing import Category, CloudProvider, Routing
 from grace_hpc.registry.records import EndpointRecord, EndpointState
@@ -212,8 +212,7 @@ def cloud_model(provider: CloudProvider, route: Route) -> str:
     return provider.default_model
 
 
-@dataclass(frozen=True)
-class PromptSize:
+class PromptSize(NamedTuple):  # one per request: a tuple is built in a third of a frozen dataclass's time
     """Certain bounds on a request's prompt tokens, from its UTF-8 bytes alone.
 
     `low`: ~4 bytes per token is the best English BPE vocabularies do, so no tokenizer needs fewer. `high`: a
@@ -236,7 +235,9 @@ TEMPLATE_TOKENS_PER_REQUEST = 16
 
 def prompt_size(body: Mapping[str, object]) -> PromptSize:
     """The bounds for a chat, completion or embedding body (`messages`, `prompt`, `input`)."""
-    size = sum(len(t.encode("utf-8", "surrogatepass")) for t in _texts(body))
+    size = 0
+    for t in _texts(body):
+        size += len(t) if t.isascii() else len(t.encode("utf-8", "surrogatepass"))
     messages = body.get("messages")
     n = len(messages) if isinstance(messages, list) else 0
     return PromptSize(size // 4, size + TEMPLATE_TOKENS_PER_MESSAGE * n + TEMPLATE_TOKENS_PER_REQUEST)
@@ -248,6 +249,7 @@ def prompt_text(body: Mapping[str, object]) -> str:
 
 
 def _texts(body: Mapping[str, object]) -> list[str]:
+    # bodies are parsed JSON: `dict` and `list`, so exact type checks (an ABC's isinstance costs ~10x more)
     parts: list[str] = []
     for key in ("messages", "prompt", "input"):
         stack = [body.get(key)]
@@ -255,8 +257,11 @@ def _texts(body: Mapping[str, object]) -> list[str]:
             item = stack.pop()
             if isinstance(item, str):
                 parts.append(item)
-            elif isinstance(item, Mapping):
-                stack.extend(v for k, v in item.items() if k in ("content", "text"))
+            elif isinstance(item, dict):
+                if "content" in item:
+                    stack.append(item["content"])
+                if "text" in item:
+                    stack.append(item["text"])
             elif isinstance(item, list):
                 stack.extend(reversed(item))
     return parts

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from grace_hpc.errors import GraceError
+from grace_hpc.registry.records import EndpointRecord
 from grace_hpc.router import coldstart, coldstream, policy, stream_usage
 from grace_hpc.router.access_log import CLIENT_CLOSED, AccessRecord
 from grace_hpc.router.errors import error_response
@@ -35,7 +36,7 @@ ROUTES = {
 }
 
 
-@dataclass
+@dataclass(slots=True)
 class Exchange:
     """One request as the access log and the metrics see it, filled in as it proceeds."""
 
@@ -106,11 +107,13 @@ async def _serve(request: web.Request, state: RouterState, exchange: Exchange) -
         exchange.status = refused.status
         return refused
     stale_before = state.stale_before()
-    counted = await _count_undecided(state, route, body, prompt, stale_before)
+    pending = policy.undecided(route, state.records, prompt, {}, stale_before)  # usually none: nothing to await
+    counted = await _count_undecided(state, pending, body) if pending else {}
 
     def plan() -> list[policy.Attempt]:
         state.rotation += 1
-        cloud = state.cloud_ready() if state.users.may_use_cloud(tab, route.category.cloud) else []
+        clouds = route.category.cloud
+        cloud = state.cloud_ready() if clouds and state.users.may_use_cloud(tab, clouds) else []
         return policy.plan(route, state.routing, state.records, state.health.entries, prompt=prompt, counted=counted,
                            cloud_ready=cloud, rotation=state.rotation, stale_before=state.stale_before())
 
@@ -192,13 +195,9 @@ async def _cold_start(state: RouterState, route: policy.Route, attempts: list[po
     return await coldstart.wait_for_replica(state.demand, route.models[0], ready, wait_s, keepalive=keepalive)
 
 
-async def _count_undecided(state: RouterState, route: policy.Route, body: dict, prompt: policy.PromptSize,
-                           stale_before: float) -> dict[str, int]:
-    """Exact counts for the endpoints whose fit the byte bounds cannot decide: one /tokenize per model (endpoints
-    of one model share its tokenizer), cached per endpoint. Usually there are none and this costs nothing."""
-    pending = policy.undecided(route, state.records, prompt, {}, stale_before)
-    if not pending:
-        return {}
+async def _count_undecided(state: RouterState, pending: list[EndpointRecord], body: dict) -> dict[str, int]:
+    """Exact counts for the endpoints whose fit the byte bounds cannot decide (`policy.undecided`): one /tokenize
+    per model (endpoints of one model share its tokenizer), cached per endpoint."""
     assert state.session is not None  # set by the lifespan before the server accepts requests
     text = policy.prompt_text(body)
     by_model: dict[str, int | None] = {}

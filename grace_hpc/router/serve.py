@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import sys
 import threading
@@ -12,6 +13,24 @@ from contextlib import contextmanager
 from aiohttp import web
 
 from grace_hpc.errors import GraceError
+
+#: allocations of container objects between two young-generation collections (CPython's default is 700)
+GC_YOUNG_THRESHOLD = 10_000
+
+
+def tune_gc() -> None:
+    """Make the cyclic garbage collector cheap for a long-running proxy: it was the largest single cost per request.
+
+    Measured under bench/router.py's load (a gc.callbacks hook timing the collector's thread CPU): with CPython's
+    defaults the collector took ~80 us of each request, about a fifth of its CPU. Requests in flight survive young
+    collections, are promoted, and trigger full collections that each scan the ~110,000 objects imports and
+    configuration left behind. `gc.freeze()` moves those to the permanent generation, which no collection scans
+    again; a young threshold of 10,000 instead of 700 runs young collections 14 times less often, so far fewer
+    in-flight objects are promoted. Together: 6-10 us a request. Cycles are still collected, only less often.
+    (docs.python.org/3/library/gc.html: `freeze` since 3.7; with the incremental collector, retargeted to 3.14 by
+    python/cpython#125453, `set_threshold`'s first value is still the young threshold, the only one changed here.)"""
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 
 
 def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
@@ -48,6 +67,7 @@ def run_router(app: web.Application, host: str = "127.0.0.1", port: int = 8000,
 
     async def main() -> None:
         runner, url = await _start(app, host, port)
+        tune_gc()  # after start-up: the app, its session and its background tasks are what freeze() keeps
         stop = asyncio.Event()
         # SIGTERM (scancel, systemd, a test's terminate()) stops accepting, lets in-flight requests finish
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)

@@ -46,7 +46,7 @@ class Target:
         return headers
 
 
-@dataclass
+@dataclass(slots=True)
 class StreamProgress:
     """Shared with the caller, so it is known even when the handler is cancelled mid-write: whether the client
     already has the whole answer (`data: [DONE]`), after which its hang-up is an ordinary end, not a disconnect.
@@ -58,7 +58,7 @@ class StreamProgress:
     tap: UsageTap | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class Relayed:
     response: web.StreamResponse
     status: int
@@ -128,9 +128,8 @@ async def relay(
         relayed = Relayed(progress.begun, resp.status)
         relayed.client_gone = not await end_stream(progress.begun, body)
         return relayed
-    out = web.Response(body=body, status=resp.status, headers=headers)
-    out.headers["Content-Type"] = content_type or "application/json"
-    out.headers.update(target.provenance())
+    out = web.Response(body=body, status=resp.status,
+                       headers={**headers, "Content-Type": content_type or "application/json", **target.provenance()})
     usage = _usage(body) if resp.status == 200 and content_type.startswith("application/json") else None
     return Relayed(out, resp.status, usage)
 

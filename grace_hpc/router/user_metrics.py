@@ -35,27 +35,27 @@ class UserMetrics:
 
     def request(self, user: str, category: str, served: Served, prompt: int, completion: int, cost: float) -> None:
         user = self._user(user)
-        self.requests[(("user", user), ("category", category), ("served", served.value))] += 1
+        self.requests[(user, category, served.value)] += 1
         if prompt:
-            self.tokens[(("user", user), ("category", category), ("kind", "prompt"))] += prompt
+            self.tokens[(user, category, "prompt")] += prompt
         if completion:
-            self.tokens[(("user", user), ("category", category), ("kind", "completion"))] += completion
+            self.tokens[(user, category, "completion")] += completion
         if cost:
-            self.cost[(("user", user),)] += cost
+            self.cost[(user,)] += cost
 
     def refusal(self, user: str, reason: str) -> None:
-        self.refusals[(("user", self._user(user)), ("reason", reason))] += 1
+        self.refusals[(self._user(user), reason)] += 1
 
     def render(self) -> str:
         out: list[str] = []
         _counter(out, "grace_router_user_requests_total", "Requests per user and category, by who served them.",
-                 self.requests.items())
+                 ("user", "category", "served"), self.requests.items())
         _counter(out, "grace_router_user_tokens_total", "Tokens per user and category (upstream `usage`).",
-                 self.tokens.items())
+                 ("user", "category", "kind"), self.tokens.items())
         _counter(out, "grace_router_user_cloud_cost_usd_total", "Cloud spend per user (routing file prices).",
-                 self.cost.items())
+                 ("user",), self.cost.items())
         _counter(out, "grace_router_user_refusals_total", "Requests refused per user: rate_limit, category, budget.",
-                 self.refusals.items())
+                 ("user", "reason"), self.refusals.items())
         return "\n".join(out) + "\n"
 
 

@@ -38,7 +38,7 @@ ANONYMOUS_USER = "anonymous"  # a loopback router without any key
 SPEND_SYNC_S = 30.0
 
 
-@dataclass
+@dataclass(slots=True)
 class Tab:
     """One request's account: who, what for, and the cloud money held for it."""
 
@@ -259,7 +259,7 @@ class Users:
 
 
 def _tokens(usage: object) -> tuple[int, int]:
-    if not isinstance(usage, Mapping):
+    if not isinstance(usage, dict):  # parsed JSON (upstream.py `_usage`): a dict or anything else
         return 0, 0
     prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
     return (prompt if isinstance(prompt, int) and prompt >= 0 else 0,
