@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import re
@@ -243,6 +244,11 @@ async def _open_loop(url: str, rate: float, duration: float, extra: dict[str, st
                 errors += 1
             latencies.append(time.perf_counter() - scheduled)
 
+        # the generator's own garbage collector must not stall the schedule: with 10,000 tasks alive a full
+        # collection here took 32 ms (measured with a gc.callbacks hook), charged to whichever path was under test
+        gc.collect()
+        gc.freeze()
+        gc.disable()
         start = time.perf_counter() + 0.05
         tasks = []
         for i in range(n):
@@ -252,6 +258,7 @@ async def _open_loop(url: str, rate: float, duration: float, extra: dict[str, st
                 await asyncio.sleep(delay)
             tasks.append(asyncio.create_task(one(scheduled)))
         await asyncio.gather(*tasks)
+    gc.enable()
     latencies.sort()
     return {"p50_ms": latencies[len(latencies) // 2] * 1e3, "p99_ms": latencies[int(len(latencies) * 0.99)] * 1e3,
             "errors": errors, "n": n}
@@ -308,7 +315,9 @@ def saturate(url: str, duration: float, cores: list[int], pid: int | None, heade
 def main() -> int:
     if len(sys.argv) == 6 and sys.argv[1] == "_load":
         url, rate, duration, headers = sys.argv[2], float(sys.argv[3]), float(sys.argv[4]), json.loads(sys.argv[5])
-        print(json.dumps(asyncio.run(_open_loop(url, rate, duration, headers))))
+        import uvloop  # the generator's loop costs less per request, as the proxies' do
+
+        print(json.dumps(uvloop.run(_open_loop(url, rate, duration, headers))))
         return 0
     if len(sys.argv) == 4 and sys.argv[1] == "_floor":
         _floor(int(sys.argv[2]), sys.argv[3])
