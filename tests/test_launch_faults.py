@@ -1,5 +1,5 @@
-"""Faults injected into a running fleet: a dead engine, a dead supervisor. Nothing hangs, nothing is orphaned,
-and `status` says what happened."""
+"""Faults injected into a running fleet: a dead engine (restarted in place, until it keeps dying), a dead
+supervisor. Nothing hangs, nothing is orphaned, and `status` says what happened."""
 
 import json
 import os
@@ -26,15 +26,29 @@ def launch_solo(project: Path) -> dict:
     return record
 
 
-def test_a_killed_engine_fails_its_server_and_status_shows_the_exit(tiny_project):
-    record = launch_solo(tiny_project)
-    [engine] = engine_pids(record["port"])
-    os.kill(engine, signal.SIGKILL)
-    deadline = time.monotonic() + 30  # the supervisor checks its engine every heartbeat (5 s here)
-    while time.monotonic() < deadline and records(tiny_project)[0]["state"] != "gone":
+def wait_state(project: Path, state: str, timeout_s: float = 60) -> dict:
+    deadline = time.monotonic() + timeout_s  # the supervisor checks its engine every heartbeat (5 s here)
+    while time.monotonic() < deadline and records(project)[0]["state"] != state:
         time.sleep(0.2)
-    [gone] = records(tiny_project)
-    assert gone["state"] == "gone"
+    [record] = records(project)
+    assert record["state"] == state, record
+    return record
+
+
+def test_a_killed_engine_is_restarted_in_place_and_one_that_keeps_dying_fails_its_server(tiny_project):
+    record = launch_solo(tiny_project)
+    for _ in range(3):  # three exits in ten minutes are restarted (serve/restarts.py)
+        [engine] = engine_pids(record["port"])
+        os.kill(engine, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and engine_pids(record["port"]) in ([], [engine]):
+            time.sleep(0.2)
+        again = wait_state(tiny_project, "ready")
+        assert (again["id"], again["port"]) == (record["id"], record["port"])  # the same endpoint: routers see no gap
+        assert "engine exited with code -9" in again["last_error"]
+    [engine] = engine_pids(record["port"])
+    os.kill(engine, signal.SIGKILL)  # the fourth: the job gives up and says why
+    gone = wait_state(tiny_project, "gone")
     assert "engine exited with code -9" in gone["last_error"]
     assert wait_gone([record["pid"]]) == []  # the supervisor ended its job
     [row] = grace_json(tiny_project, "status")["servers"]
