@@ -44,8 +44,10 @@ def embedded_fleet(embedded_default):
 
 
 def hang_up(url: str, rng: random.Random) -> None:
-    """A client that sends a streamed request and closes its socket after reading 1-6 events."""
-    body = {"model": "default", "messages": QUESTION, "stream": True, "max_tokens": 16, "ignore_eos": True}
+    """A client that sends a streamed request and closes its socket after reading 1-6 events. It asks for far more
+    tokens than it reads: with 16, a fast engine had written the whole answer into the socket before the client
+    closed it, and a client that has its whole answer has not hung up."""
+    body = {"model": "default", "messages": QUESTION, "stream": True, "max_tokens": 512, "ignore_eos": True}
     with raw_stream_request(url, body) as sock:
         read_until(sock, b"data: ", rng.randint(1, 6))
 
