@@ -119,6 +119,11 @@ class Running:
         """The engine's root URL from this node (`/health` lives there, not under /v1)."""
         return f"http://127.0.0.1:{self.record.port}"
 
+    @property
+    def local_base_url(self) -> str:
+        """The engine's OpenAI base URL from this node (its advertised host may not route back to it)."""
+        return f"{self.local_root}/v1"
+
     def set_state(self, state: EndpointState, last_error: str | None = None) -> None:
         update: dict[str, object] = {"state": state}
         if last_error is not None:
@@ -181,10 +186,11 @@ class Supervisor:
             self._drain_deadline = time.monotonic() + DRAIN_TIMEOUT_S
         self.stopping.set()
 
-    def limit_drain(self, seconds: float) -> None:
-        """A drain (under way or to come) ends within `seconds` from now."""
+    def limit_drain(self, seconds: float) -> float:
+        """A drain (under way or to come) ends within `seconds` from now; returns its deadline."""
         cap = time.monotonic() + seconds
         self._drain_deadline = cap if self._drain_deadline is None else min(self._drain_deadline, cap)
+        return self._drain_deadline
 
     def _on_time_limit_warning(self, signum: int, frame: object) -> None:
         print("grace-hpc supervisor: USR2 (time limit near): serving on until the fleet controller's successor is "
@@ -219,15 +225,12 @@ class Supervisor:
         serving = [r for r in serving if r.engine.exit_code() is None]
         if not serving:  # SLURM's SIGTERM reaches the engines too: nothing is left to wait for
             return
-        if self._drain_deadline is None:
-            self.limit_drain(TERM_DRAIN_S)
-        deadline = self._drain_deadline
-        assert deadline is not None  # just set
+        deadline = self._drain_deadline if self._drain_deadline is not None else self.limit_drain(TERM_DRAIN_S)
         time.sleep(min(ROUTER_SETTLE_S, max(0.0, deadline - started)))
         quiet_since: float | None = None
         while (now := time.monotonic()) < deadline:
             counts = [0 if r.engine.exit_code() is not None else
-                      in_flight(r.record.base_url.replace(r.record.host, "127.0.0.1", 1), r.launch.engine, r.api_key)
+                      in_flight(r.local_base_url, r.launch.engine, r.api_key)
                       for r in serving]
             if None in counts and now - started > UNKNOWN_S:
                 print(f"grace-hpc supervisor: the engine does not say what it serves; stopped after {UNKNOWN_S:g}s",
@@ -287,7 +290,7 @@ class Supervisor:
                 return
             pending += self._check_engines()
             for r in list(pending):
-                reason = probe(r.record.base_url.replace(r.record.host, "127.0.0.1", 1), r.launch.served_model_name,
+                reason = probe(r.local_base_url, r.launch.served_model_name,
                                r.api_key, r.launch.task, timeout_s=60)
                 if reason is None:
                     r.set_state(EndpointState.READY)
