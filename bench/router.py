@@ -2,20 +2,22 @@
 """Router overhead benchmark: direct vs through grace-hpc, vLLM's Rust router and LiteLLM's proxy, same machine,
 same run.
 
-    python bench/router.py [--rates 200,1000] [--duration 10] [--litellm PATH/TO/litellm]
-                           [--vllm-router PATH/TO/vllm-router] [--ledger [--ledger-rounds 3]] [--floor]
+    python bench/router.py [--rates 200,1000] [--duration 10] [--rounds 3] [--litellm PATH/TO/litellm]
+                           [--vllm-router PATH/TO/vllm-router] [--ledger] [--floor]
 
 Upstream: nginx (apt `nginx-light`) answering every POST with one canned chat completion, so the upstream costs
 almost nothing and what is measured is the proxy. Load: an open-loop generator in its own process (latency is
 measured from each request's *scheduled* send time, as wrk2 does, so a stalled proxy cannot hide its queueing) at
-fixed rates, and `wrk` (apt `wrk`) closed-loop at saturation. With 2+ CPUs the proxy under test is pinned to its
-own core (`taskset`), the upstream and the load generator to the others.
+fixed rates, and `wrk` (apt `wrk`) closed-loop at saturation. With 2+ CPUs every proxy is pinned to one core
+(`taskset`), the upstream and the load generator to the others. All proxies run at once and are measured in
+interleaved rounds (`--rounds`, the order rotating), so the minutes-long swings of a shared machine land on every path
+alike; the table shows each cell's median over the rounds.
 Prints one table: p50/p99 added over direct at each rate, max req/s, the proxy's CPU time per request, and the
 ratios. An added latency is never shown negative: when the direct path itself stalled (its percentile is above the
 proxied one, which only queueing in the shared machine's load generator or upstream can cause) the cell reads
 `void` with both numbers. `--ledger` adds the router as a lab runs it with its usage ledger on: a per-user key on
 every request and the SQLite ledger (docs/usage.md); its max req/s ratio to the keyless, ledger-off router is taken
-from `--ledger-rounds` alternating wrk runs of the two, both running, so a burst of other tenants' load hits both.
+round by round and its median printed.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -34,7 +37,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,15 +85,18 @@ def wait_http(url: str, proc: subprocess.Popen[bytes] | None = None, headers: di
 def process(argv: list[str], log: Path, env: dict[str, str] | None = None,
             cwd: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
     with open(log, "wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd)
+        # its own process group: `measure_round` pauses a proxy and its children (LiteLLM's server) together
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True)
     try:
         yield proc
     finally:
+        with suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGCONT)
         proc.terminate()
         try:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
 
 
@@ -325,11 +331,11 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rates", default="200,1000", help="fixed request rates, comma-separated (default 200,1000)")
     p.add_argument("--duration", type=float, default=10.0, help="seconds per measurement (default 10)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="interleaved rounds: every path is measured once per round, medians are shown (default 3)")
     p.add_argument("--litellm", default=shutil.which("litellm"), help="the `litellm` proxy executable, if any")
     p.add_argument("--ledger", action="store_true",
                    help="also measure grace-hpc with a user key and its usage ledger on (SQLite)")
-    p.add_argument("--ledger-rounds", type=int, default=3,
-                   help="alternating wrk runs of ledger off / on for their max req/s ratio (default 3)")
     p.add_argument("--floor", action="store_true",
                    help="also measure a bare aiohttp relay (no routing): the floor of a Python proxy like grace-hpc")
     p.add_argument("--vllm-router", default=shutil.which("vllm-router"),
@@ -341,45 +347,69 @@ def main() -> int:
     all_cpus = cpus()
     proxy_cores, other_cores = (all_cpus[-1:], all_cpus[:-1]) if len(all_cpus) > 1 else (all_cpus, all_cpus)
     rates = [float(r) for r in args.rates.split(",")]
-    results: dict[str, dict[str, object]] = {}
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as running:
         work = Path(tmp)
-        with nginx_upstream(work, other_cores) as upstream:
-            targets = {"direct": lambda: _nullcontext((upstream, None, {})), "grace-hpc": lambda: grace_router(
-                work, upstream, proxy_cores)}
-            if args.ledger:
-                targets["grace-hpc+ledger"] = lambda: grace_router(work, upstream, proxy_cores,
-                                                                   str(work / "ledger.sqlite"))
-            if args.floor:
-                targets["aiohttp floor"] = lambda: aiohttp_floor(work, upstream, proxy_cores)
-            if args.vllm_router:
-                targets["vllm-router"] = lambda: vllm_router_proxy(work, upstream, proxy_cores, args.vllm_router)
-            if args.litellm:
-                targets["litellm"] = lambda: litellm_proxy(work, upstream, proxy_cores, args.litellm)
-            for name, start in targets.items():
-                with start() as (base, pid, headers):
-                    url = f"{base}/chat/completions"
-                    row: dict[str, object] = {
-                        "rates": {r: open_loop(url, r, args.duration, other_cores, headers) for r in rates}}
-                    row.update(saturate(url, args.duration, other_cores, pid, headers))
-                    results[name] = row
-                    print(f"measured {name}: {json.dumps(row)}", file=sys.stderr, flush=True)
-            if args.ledger:
-                with targets["grace-hpc"]() as off, targets["grace-hpc+ledger"]() as on:
-                    ledger_runs = alternate({"off": off, "on": on}, args.ledger_rounds, args.duration, other_cores)
-    print_table(results, rates, len(all_cpus))
+        upstream = running.enter_context(nginx_upstream(work, other_cores))
+        starts = {"direct": lambda: _nullcontext((upstream, None, {})),
+                  "grace-hpc": lambda: grace_router(work, upstream, proxy_cores)}
+        if args.ledger:
+            starts["grace-hpc+ledger"] = lambda: grace_router(work, upstream, proxy_cores, str(work / "ledger.sqlite"))
+        if args.floor:
+            starts["aiohttp floor"] = lambda: aiohttp_floor(work, upstream, proxy_cores)
+        if args.vllm_router:
+            starts["vllm-router"] = lambda: vllm_router_proxy(work, upstream, proxy_cores, args.vllm_router)
+        if args.litellm:
+            starts["litellm"] = lambda: litellm_proxy(work, upstream, proxy_cores, args.litellm)
+        proxies = {name: running.enter_context(start()) for name, start in starts.items()}
+        rounds = [measure_round(proxies, rates, args.duration, other_cores, i) for i in range(args.rounds)]
+    results = {name: medians([r[name] for r in rounds], rates) for name in proxies}
+    print_table(results, rates, len(all_cpus), len(rounds))
     if args.ledger:
-        print_ledger(ledger_runs)
+        print_ledger([r["grace-hpc+ledger"]["rps"] / r["grace-hpc"]["rps"] for r in rounds], results)
     return 0
 
 
-def alternate(proxies: dict[str, Proxy], rounds: int, duration: float, cores: list[int]) -> dict[str, list[dict]]:
-    """wrk on each running proxy in turn, `rounds` times: a load burst from other tenants lands on both."""
-    runs: dict[str, list[dict]] = {name: [] for name in proxies}
-    for _ in range(rounds):
-        for name, (base, pid, headers) in proxies.items():
-            runs[name].append(saturate(f"{base}/chat/completions", duration, cores, pid, headers))
-    return runs
+def measure_round(proxies: dict[str, Proxy], rates: list[float], duration: float, cores: list[int],
+                  index: int) -> dict[str, dict]:
+    """Every running path once: wrk first, then the open loop at each rate below 80 % of the max req/s wrk just
+    found (above it an open loop measures a queue growing, not the proxy). The order rotates from round to round,
+    so a burst of other tenants' load lands on a different path each time. The proxies not being measured are
+    paused (SIGSTOP), so their timers cannot wake on the measured proxy's core."""
+    names = list(proxies)
+    names = names[index % len(names):] + names[:index % len(names)]
+    row: dict[str, dict] = {}
+    for name in names:
+        base, pid, headers = proxies[name]
+        pause_all_but(proxies, name)
+        row[name] = saturate(f"{base}/chat/completions", duration, cores, pid, headers)
+    for rate in rates:
+        for name in names:
+            base, _, headers = proxies[name]
+            if rate <= 0.8 * row[name]["rps"]:
+                pause_all_but(proxies, name)
+                row[name].setdefault("rates", {})[rate] = open_loop(f"{base}/chat/completions", rate, duration, cores,
+                                                                    headers)
+    print(f"round {index + 1}: {json.dumps(row)}", file=sys.stderr, flush=True)
+    return row
+
+
+def pause_all_but(proxies: dict[str, Proxy], name: str) -> None:
+    for other, (_, pid, _) in proxies.items():
+        if pid is not None:
+            os.killpg(pid, signal.SIGCONT if other == name else signal.SIGSTOP)
+
+
+def medians(rows: list[dict], rates: list[float]) -> dict:
+    """One path's medians over the rounds; a rate it could not sustain in some round counts as over capacity."""
+    out = {key: statistics.median(r[key] for r in rows) for key in ("rps", "cpu_us_per_request")}
+    out["rates"] = {}
+    for rate in rates:
+        runs = [r["rates"][rate] for r in rows if rate in r.get("rates", {})]
+        if len(runs) == len(rows):
+            out["rates"][rate] = {k: statistics.median(run[k] for run in runs) for k in ("p50_ms", "p99_ms")}
+            out["rates"][rate]["errors"] = sum(run["errors"] for run in runs)
+            out["rates"][rate]["n"] = sum(run["n"] for run in runs)
+    return out
 
 
 @contextmanager
@@ -395,19 +425,23 @@ def added(proxied: float, direct: float) -> str:
     return f"+{proxied - direct:.2f}"
 
 
-def print_table(results: dict[str, dict], rates: list[float], ncpu: int) -> None:
+def print_table(results: dict[str, dict], rates: list[float], ncpu: int, rounds: int) -> None:
     direct = results["direct"]
     header = ("| path | " + " | ".join(f"added p50 / p99 at {r:.0f} req/s (ms)" for r in rates)
               + " | max req/s (wrk, 64 conn) | vs direct | proxy CPU per request | req/s per proxy core |")
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    print(f"\nrouter overhead (nginx upstream, {ncpu} CPUs, proxy pinned to one core; load average {load} at the "
-          "end: other tenants' load inflates latencies, CPU per request much less)\n")
+    print(f"\nrouter overhead (nginx upstream, {ncpu} CPUs, proxy pinned to one core; medians of {rounds} interleaved "
+          f"rounds; load average {load} at the end: other tenants' load inflates latencies, CPU per request much "
+          "less)\n")
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     for name, row in results.items():
         cells = []
         for r in rates:
-            m, d = row["rates"][r], direct["rates"][r]
+            m, d = row["rates"].get(r), direct["rates"][r]
+            if m is None:
+                cells.append(f"over capacity (max {row['rps']:.0f} req/s)")
+                continue
             err = f", {m['errors']}/{m['n']} errors" if m["errors"] else ""
             if name == "direct":
                 cells.append(f"{m['p50_ms']:.2f} / {m['p99_ms']:.2f} (absolute)")
@@ -426,17 +460,14 @@ def print_table(results: dict[str, dict], rates: list[float], ncpu: int) -> None
                   f"({g['cpu_us_per_request'] - o['cpu_us_per_request']:+.0f} us)")
 
 
-
-def print_ledger(runs: dict[str, list[dict]]) -> None:
-    """The ledger's cost (issue 15's aim: within 15 % of the max req/s): medians of the alternating runs."""
-    rps = {k: statistics.median(r["rps"] for r in v) for k, v in runs.items()}
-    cpu = {k: statistics.median(r["cpu_us_per_request"] for r in v) for k, v in runs.items()}
-    shown = {k: ", ".join(f"{r['rps']:.0f}" for r in v) for k, v in runs.items()}
-    print(f"\nledger on (user key + SQLite ledger) vs off (keyless), {len(runs['on'])} alternating wrk runs each: "
-          f"{rps['on'] / rps['off']:.1%} of the max req/s (medians {rps['on']:.0f} vs {rps['off']:.0f}; on: "
-          f"{shown['on']}; off: {shown['off']}), {cpu['on'] - cpu['off']:+.0f} us of proxy CPU per request "
-          f"({cpu['on']:.0f} vs {cpu['off']:.0f})")
-
+def print_ledger(ratios: list[float], results: dict[str, dict]) -> None:
+    """The ledger's cost (issue 15's aim: within 15 % of the max req/s): the on/off ratio of each round's wrk runs,
+    taken minutes apart at most, and its median."""
+    on, off = results["grace-hpc+ledger"], results["grace-hpc"]
+    print(f"\nledger on (user key + SQLite ledger) vs off (keyless): {statistics.median(ratios):.1%} of the max req/s "
+          f"(median of {len(ratios)} rounds: {', '.join(f'{r:.1%}' for r in ratios)}), "
+          f"{on['cpu_us_per_request'] - off['cpu_us_per_request']:+.0f} us of proxy CPU per request "
+          f"({on['cpu_us_per_request']:.0f} vs {off['cpu_us_per_request']:.0f})")
 
 if __name__ == "__main__":
     raise SystemExit(main())

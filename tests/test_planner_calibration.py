@@ -90,7 +90,8 @@ def test_the_0_19_triton_top_k_buffer_brings_every_held_out_0_19_row_closer() ->
         vocab = models.get(row["model"]) or CATALOG.get(row["model"]).architecture.vocab_size
         buffer = mem.triton_topk_buffer_bytes(vocab, 256, get_gpu(row["gpu"]).sms) / mem.GIB
         predicted, logged = r["kv"]
-        assert 0 <= predicted - logged < predicted + buffer - logged, r["id"]
+        assert predicted >= logged, r["id"]  # the buffer (in `predicted`) overshoots no row
+        assert buffer > 0.04, r["id"]  # and is what closes 0.05-0.08 GiB of each row's gap
 
 
 def test_releases_after_0_19_are_held_out_rows_sized_with_0_19s_rules() -> None:
