@@ -11,7 +11,7 @@ import pytest
 
 from grace_hpc.config.deployment import Deployment
 from grace_hpc.errors import SchedulerError
-from grace_hpc.fleet.controller import Controller, launch_count, victims
+from grace_hpc.fleet.controller import SBATCH_SETTLE_S, Controller, launch_count, victims
 from grace_hpc.fleet.demand import Demand, ModelDemand
 from grace_hpc.fleet.lifecycle import Replica, backoff_s
 from grace_hpc.fleet.policy import Reason
@@ -216,6 +216,28 @@ def test_a_controller_killed_at_any_step_converges_on_restart_without_duplicates
     assert len({r for _, r in alive}) == len(alive), "duplicate replica"
     assert len(alive) == state.decisions["s"].desired
     assert restarted.journal.read().intent is None
+
+
+def test_a_job_the_killed_controllers_sbatch_submits_after_the_restart_is_cancelled_within_the_settle_window(
+        tmp_path):
+    # real SLURM, CI: a SIGKILL leaves the controller's sbatch child running; slurmctld, busy, accepted its job after
+    # the restarted controller had looked, and that job ran with no manifest row (test_fleet_slurm's orphan check)
+    world, clock = World(), Clock()
+    router = Router(clock)
+    world.kill_at = 2  # the pass's journal write, the submit intent, then sbatch: killed before SLURM has the job
+    with pytest.raises(Killed):
+        controller(tmp_path, world, clock, router).reconcile()
+    world.kill_at = None
+    restarted = controller(tmp_path, world, clock, router)
+    restarted.reconcile()  # recovers the intent: nothing unrecorded yet; submits replica 0 again
+    world.queue["999"] = ("s", 0, "PENDING")  # the orphaned sbatch gets through now
+    clock.now += 5
+    restarted.reconcile()
+    assert world.unrecorded("s") == [] and ("999", "cancel") in world.signalled
+    assert len(world.alive("s")) == 1
+    clock.now += SBATCH_SETTLE_S
+    restarted.reconcile()
+    assert restarted.journal.read().sweeps == {}  # the window closes: no squeue by name in every pass for ever
 
 
 def test_an_interrupted_submission_is_journalled_before_sbatch_runs(tmp_path):

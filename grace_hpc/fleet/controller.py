@@ -8,8 +8,10 @@ replicas near their time limit over to successors, and drains through `stop`.
 Restart-safety: the journal (state.py) holds the action under way. A controller SIGKILLed after sbatch accepted a
 job but before the manifest recorded it leaves a job no record knows; the next pass finds it by its job name
 (`grace-<deployment>-<server>`, the user's own jobs only) and cancels it before deciding again, so nothing is
-duplicated or orphaned. A successor the manifest recorded before the journal paired it with its old replica is
-paired then. A drain that was cut short is repeated (signalling an ending job is harmless).
+duplicated or orphaned. A SIGKILL does not reach the controller's sbatch child, which can still submit after the
+restarted controller looked: every pass cancels such jobs of that server for SBATCH_SETTLE_S after the intent.
+A successor the manifest recorded before the journal paired it with its old replica is paired then. A drain that
+was cut short is repeated (signalling an ending job is harmless).
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ from grace_hpc.fleet.usage import UsageEntry, UsageLedger
 
 #: demand history kept beyond the policy's longest window (the window must be covered to decide)
 HISTORY_MARGIN_S = 60.0
+#: how long an sbatch whose controller was killed may still submit: it retries a refused submission 15 times,
+#: sleeping 1, 2, ... 15 s (Slurm src/sbatch/sbatch.c: MAX_RETRIES 15, `sleep(++retries)`: 120 s in all), each
+#: attempt bounded by MessageTimeout (10 s by default)
+SBATCH_SETTLE_S = 300.0
 
 
 class Fleet(Protocol):
@@ -87,8 +93,10 @@ class Controller:
         if state.intent is not None:
             state = self._recover(state, state.intent).with_intent(None)
             self.journal.write(state)
+        now = self.clock()
+        state = self._sweep(state, now)
         observed = self.fleet.observe()
-        now, demand, leads = self.clock(), self.demand(), self.leads()
+        demand, leads = self.demand(), self.leads()
         servers = self.deployment.servers
         seen = {s.name: assess(state.book(s.name), observed.get(s.name, []), leads.get(s.name, 0.0), now)
                 for s in servers}
@@ -106,7 +114,7 @@ class Controller:
                                    self.partition_limits)
         decisions = {s.name: self._explain(decisions[s.name], seen[s.name], now) for s in servers}
         state = FleetState({n: LastDecision.of(d, now) for n, d in decisions.items()}, history, None,
-                           {n: a.book for n, a in seen.items()}, {n: a.notes for n, a in seen.items()})
+                           {n: a.book for n, a in seen.items()}, {n: a.notes for n, a in seen.items()}, state.sweeps)
         self.journal.write(state)
         if self.usage is not None:
             self.usage.append(self._usage(observed, history, now))
@@ -181,14 +189,26 @@ class Controller:
     def _recover(self, state: FleetState, intent: Intent) -> FleetState:
         """Finish what a killed controller was doing (see the module docstring)."""
         if intent.action in (Action.SUBMIT, Action.HANDOVER):
-            retiring = {j for b in state.books.values() for j in b.retiring}
-            unknown = [j for j in self.fleet.unrecorded(intent.server) if j not in retiring]
-            if unknown:
-                self.fleet.drain(unknown)
+            # the jobs no record knows are cancelled by `_sweep`, from now until the killed sbatch cannot submit
+            state = replace(state, sweeps={**state.sweeps, intent.server: intent.at + SBATCH_SETTLE_S})
             if intent.action is Action.HANDOVER:
                 return self._adopt(state, intent)
         else:
             self.fleet.drain(intent.job_ids, gracefully=intent.action is Action.RETIRE)
+        return state
+
+    def _sweep(self, state: FleetState, now: float) -> FleetState:
+        """Within a settle window opened by `_recover`, cancel the server's jobs that no manifest row knows (a
+        retiring replica, whose row is already gone, drains on); close the windows that have passed."""
+        sweeps = {server: until for server, until in state.sweeps.items() if until > now}
+        retiring = {j for b in state.books.values() for j in b.retiring}
+        for server in sweeps:
+            unknown = [j for j in self.fleet.unrecorded(server) if j not in retiring]
+            if unknown:
+                self.fleet.drain(unknown)
+        if sweeps != state.sweeps:
+            state = replace(state, sweeps=sweeps)
+            self.journal.write(state)
         return state
 
     def _adopt(self, state: FleetState, intent: Intent) -> FleetState:

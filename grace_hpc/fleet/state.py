@@ -4,8 +4,9 @@ backoff: lifecycle.ServerBook), and the one action under way (`intent`).
 
 The intent is written (atomic replace) *before* the controller submits or cancels and cleared after the manifest
 records the result, so a controller killed in between finds it at its next start and repairs exactly that window:
-a submission SLURM accepted that the manifest never recorded is cancelled, a drain is repeated, and a successor
-the manifest did record before the journal paired it with its old replica is paired then (never submitted twice).
+a submission SLURM accepted that the manifest never recorded is cancelled (for `sweeps`' settle window, since the
+killed controller's sbatch may still be submitting), a drain is repeated, and a successor the manifest did record
+before the journal paired it with its old replica is paired then (never submitted twice).
 """
 
 from __future__ import annotations
@@ -62,6 +63,8 @@ class FleetState:
     intent: Intent | None = None
     books: Mapping[str, ServerBook] = field(default_factory=dict)
     notes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # the last pass's warnings per server
+    # server -> until when each pass cancels its jobs no manifest row knows (controller.py SBATCH_SETTLE_S)
+    sweeps: Mapping[str, float] = field(default_factory=dict)
 
     def with_intent(self, intent: Intent | None) -> FleetState:
         return replace(self, intent=intent)
@@ -81,6 +84,7 @@ class FleetState:
                                                         "job_ids": list(self.intent.job_ids)},
             "books": {s: {**asdict(b), "ready": list(b.ready), "settled": list(b.settled)} for s, b in self.books.items()},
             "notes": {s: list(n) for s, n in self.notes.items()},
+            "sweeps": dict(self.sweeps),
         }
 
     @classmethod
@@ -98,6 +102,7 @@ class FleetState:
                            int(b["failures"]), float(b["retry_at"]), b["last_failure"])
              for s, b in doc.get("books", {}).items()},  # absent in a journal written before handovers existed
             {s: tuple(n) for s, n in doc.get("notes", {}).items()},
+            {s: float(t) for s, t in doc.get("sweeps", {}).items()},  # absent before the settle window existed
         )
 
 
