@@ -30,8 +30,8 @@ def test_a_configured_lead_wins_and_no_log_means_the_default():
     assert handover_lead(server(), ["no start-up here"]).seconds == DEFAULT_LEAD_S
 
 
-def test_supervisor_logs_are_found_in_the_submitit_folders(tmp_path):
+def test_supervisor_logs_are_found_in_the_submitit_folder(tmp_path):
     for job, text in (("11", "first"), ("12", "second")):
-        (tmp_path / "submitit" / job).mkdir(parents=True)
-        (tmp_path / "submitit" / job / f"{job}_0_log.out").write_text(text)
+        (tmp_path / "submitit").mkdir(exist_ok=True)
+        (tmp_path / "submitit" / f"{job}_0_log.out").write_text(text)
     assert sorted(supervisor_logs(tmp_path)) == ["first", "second"]

@@ -88,7 +88,7 @@ def test_a_second_launch_of_a_running_deployment_submits_nothing_and_replace_res
         # what --dry-run prints is, byte for byte, the script submitit submitted
         for preview in grace_json(tiny_project, "launch", "--deployment", "pair", "--executor", "slurm", "--dry-run"):
             job_id = before[preview["server"]]
-            script = tiny_project / "logs" / "pair" / "submitit" / job_id / f"{job_id}_submission.sh"
+            script = tiny_project / "logs" / "pair" / "submitit" / f"{job_id}_submission.sh"
             assert preview["sbatch"] == script.read_text()
 
         again = grace(tiny_project, "launch", "--deployment", "pair", "--executor", "slurm", "--json")

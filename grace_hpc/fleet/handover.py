@@ -47,8 +47,8 @@ def handover_lead(server: ServerSpec, log_texts: Iterable[str]) -> Lead:
 
 
 def supervisor_logs(logs_dir: Path) -> list[str]:
-    """The submitit logs of a deployment's jobs (`logs/<deployment>/submitit/<job>/*_log.out`), oldest first."""
-    paths = sorted(logs_dir.glob("submitit/*/*_log.out"), key=lambda p: p.stat().st_mtime)
+    """The submitit logs of a deployment's jobs (`logs/<deployment>/submitit/<job>_<task>_log.out`), oldest first."""
+    paths = sorted(logs_dir.glob("submitit/*_log.out"), key=lambda p: p.stat().st_mtime)
     texts = []
     for p in paths:
         try:

@@ -197,7 +197,10 @@ def launch(
     kind = ("slurm" if requested == "auto" else requested) if dry_run else choose_executor(requested)
     registry = Registry.from_cluster(cluster, config, environ=os.environ if environ is None else environ)
     logs = config.resolve(cluster.paths.logs) / deployment.name
-    folder = logs / "submitit" / "%j"
+    # one flat folder that exists before sbatch runs: submitit creates a `%j` folder only after sbatch returns, and a
+    # job that starts at once on an idle node finds no folder for its output and fails with no trace (slurmd:
+    # "Could not open stdout file ... No such file or directory", exit signal 53; seen in CI)
+    folder = logs / "submitit"
     manifest = manifest_of(config, cluster, deployment.name)
     specs = {ps.server.name: serve_spec(config, cluster, catalog, deployment, ps.server, ps.plan,
                                         registry_path=str(registry.path), local=kind == "local", handover=handover)
