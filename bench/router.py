@@ -190,9 +190,10 @@ def vllm_router_proxy(work: Path, upstream: str, cores: list[int], exe: str) -> 
 
 
 @contextmanager
-def aiohttp_floor(work: Path, upstream: str, cores: list[int]) -> Iterator[Proxy]:
-    """The least a Python proxy built like grace-hpc can cost: aiohttp's server and client on uvloop, relaying the
-    body with no routing, accounting or logging (`_floor` below). The gap to grace-hpc is what routing costs."""
+def relay_floor(work: Path, upstream: str, cores: list[int]) -> Iterator[Proxy]:
+    """The least a Python proxy built like grace-hpc can cost: aiohttp's server and grace-hpc's upstream client
+    (grace_hpc/router/wire.py) on uvloop, relaying the body with no routing, accounting or logging (`_floor`
+    below). The gap to grace-hpc is what routing costs."""
     port = free_port()
     argv = [sys.executable, __file__, "_floor", str(port), f"{upstream}/chat/completions"]
     with process(pinned(argv, cores), work / "floor.log") as proc:
@@ -202,22 +203,25 @@ def aiohttp_floor(work: Path, upstream: str, cores: list[int]) -> Iterator[Proxy
 
 
 def _floor(port: int, upstream: str) -> None:
-    import aiohttp
     import uvloop
     from aiohttp import web
 
+    sys.path.insert(0, str(ROOT))
+    from grace_hpc.router.wire import Timeouts, Wire
+
+    timeouts = Timeouts(connect_s=5.0, read_s=60.0)
+
     async def relay(request: web.Request) -> web.Response:
-        async with request.app[session].post(upstream, data=await request.read(),
-                                             headers={"Content-Type": "application/json"}) as r:
-            return web.Response(body=await r.read(), status=r.status, content_type="application/json")
+        answer = await request.app[wire].request("POST", upstream, await request.read(),
+                                                 {"Content-Type": "application/json"}, timeouts)
+        return web.Response(body=await answer.read(), status=answer.status, content_type="application/json")
 
     async def lifespan(app: web.Application) -> Iterator[None]:
-        app[session] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), auto_decompress=False,
-                                             cookie_jar=aiohttp.DummyCookieJar())
+        app[wire] = Wire(keepalive_s=4.0)
         yield
-        await app[session].close()
+        await app[wire].close()
 
-    session = web.AppKey("session", aiohttp.ClientSession)
+    wire = web.AppKey("wire", Wire)
     app = web.Application()
     app.cleanup_ctx.append(lifespan)
     app.router.add_post("/v1/chat/completions", relay)
@@ -337,7 +341,8 @@ def main() -> int:
     p.add_argument("--ledger", action="store_true",
                    help="also measure grace-hpc with a user key and its usage ledger on (SQLite)")
     p.add_argument("--floor", action="store_true",
-                   help="also measure a bare aiohttp relay (no routing): the floor of a Python proxy like grace-hpc")
+                   help="also measure a bare relay (aiohttp's server, grace-hpc's upstream client, no routing): "
+                        "the floor of a Python proxy like grace-hpc")
     p.add_argument("--vllm-router", default=shutil.which("vllm-router"),
                    help="the `vllm-router` executable (PyPI vllm-router), if any")
     args = p.parse_args()
@@ -355,7 +360,7 @@ def main() -> int:
         if args.ledger:
             starts["grace-hpc+ledger"] = lambda: grace_router(work, upstream, proxy_cores, str(work / "ledger.sqlite"))
         if args.floor:
-            starts["aiohttp floor"] = lambda: aiohttp_floor(work, upstream, proxy_cores)
+            starts["relay floor"] = lambda: relay_floor(work, upstream, proxy_cores)
         if args.vllm_router:
             starts["vllm-router"] = lambda: vllm_router_proxy(work, upstream, proxy_cores, args.vllm_router)
         if args.litellm:
@@ -451,7 +456,7 @@ def print_table(results: dict[str, dict], rates: list[float], ncpu: int, rounds:
         per_core = f"{1e6 / cpu:.0f}" if cpu else "-"
         print(f"| {name} | " + " | ".join(cells) + f" | {row['rps']:.0f} | {row['rps'] / direct['rps']:.2f} | "
               + (f"{cpu:.0f} us" if cpu else "-") + f" | {per_core} |")
-    for other, label in (("aiohttp floor", "the aiohttp floor"), ("vllm-router", "vllm-router"),
+    for other, label in (("relay floor", "the relay floor"), ("vllm-router", "vllm-router"),
                          ("litellm", "LiteLLM")):
         if other in results and "grace-hpc" in results:
             g, o = results["grace-hpc"], results[other]

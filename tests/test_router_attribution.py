@@ -7,18 +7,14 @@ each point of a stream counts against nobody, is never replayed and closes the u
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import socket
 import time
-from unittest import mock
 
-import aiohttp
 import openai
 import pytest
 import requests
 
-from grace_hpc.router import upstream
 from tests.support.router_env import (
     canned_answer,
     json_answer,
@@ -230,27 +226,3 @@ def test_a_client_closing_right_after_done_is_an_ordinary_end(tmp_path):
             time.sleep(0.2)
             assert metric(url, "grace_router_client_disconnects_total") == 0
             assert metric(url, "grace_router_ejections_total") == 0 and len(upstream.hits) == 10
-
-
-@pytest.mark.parametrize("failure, stale, tried", [
-    (aiohttp.ClientOSError(None, "Can not write request body for http://vm:1/v1/chat/completions"), 3, 4),
-    (aiohttp.ServerDisconnectedError(), 1, 2),
-    (aiohttp.ClientConnectorError(mock.Mock(host="vm", port=1, ssl=None), ConnectionRefusedError(111, "refused")), 1,
-     1),
-])
-def test_pooled_connections_the_engine_closed_are_replaced_a_refused_one_is_not(failure, stale, tried):
-    calls = []
-
-    class Session:
-        async def post(self, url, **kw):
-            calls.append(url)
-            if len(calls) <= stale:
-                raise failure
-            return "answer"
-
-    target = mock.Mock(url="http://vm:1/v1/chat/completions")
-    try:
-        assert asyncio.run(upstream._post(Session(), target, b"{}", {}, aiohttp.ClientTimeout())) == "answer"
-    except aiohttp.ClientConnectorError:
-        pass
-    assert len(calls) == tried

@@ -4,8 +4,9 @@
     GET  /v1/models  /status  /metrics                             views.py
     GET  /health (the process answers)  /ready (something can serve)
 
-The app owns one `aiohttp.ClientSession` (created and closed by its cleanup context) and its background tasks
-(background.py). Every response carries `X-Request-Id`: the client's own when it sent a sane one, else a new one.
+The app owns one `Wire`, its upstream connections (wire.py, opened and closed by its cleanup context), and its
+background tasks (background.py). Every response carries `X-Request-Id`: the client's own when it sent a sane one,
+else a new one.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 
-import aiohttp
 from aiohttp import web
 
 from grace_hpc.config.routing import Routing
@@ -31,6 +31,7 @@ from grace_hpc.router.health import HealthBook
 from grace_hpc.router.source import RegistrySource
 from grace_hpc.router.state import REQUEST_ID, REQUEST_ID_KEY, STATE, RouterState
 from grace_hpc.router.users import Users
+from grace_hpc.router.wire import Wire
 
 log = logging.getLogger("grace_hpc.router")
 
@@ -81,19 +82,16 @@ async def _lifespan(app: web.Application) -> AsyncIterator[None]:
     state = app[STATE]
     # no per-host connection cap: engines batch, and the policy already bounds each endpoint's queue. Idle
     # connections are dropped before the engines drop them (vLLM: VLLM_HTTP_TIMEOUT_KEEP_ALIVE = 5 s in
-    # vllm/envs.py; llama.cpp's cpp-httplib: CPPHTTPLIB_KEEPALIVE_TIMEOUT_SECOND = 5; aiohttp's default is 15 s),
-    # so a request is rarely sent on a connection the engine is closing.
-    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=UPSTREAM_KEEPALIVE_S)
-    # no cookie jar: a cookie one upstream sets (cloud APIs behind a CDN do) must not ride along with every later
-    # client's request, and an empty jar is still consulted per request
-    state.session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
-                                          cookie_jar=aiohttp.DummyCookieJar())
+    # vllm/envs.py; llama.cpp's cpp-httplib: CPPHTTPLIB_KEEPALIVE_TIMEOUT_SECOND = 5), so a request is rarely sent
+    # on a connection the engine is closing. No cookies: one upstream's (cloud APIs behind a CDN set them) must not
+    # ride along with every later client's request.
+    state.wire = Wire(keepalive_s=UPSTREAM_KEEPALIVE_S)
     if state.access_log_path is not None:
         state.access = AccessLog(state.access_log_path).__enter__()
     tasks = await start_tasks(state)
     yield
     await stop_tasks(tasks)
-    await state.session.close()
+    await state.wire.close()
     if state.access is not None:
         state.access.__exit__(None, None, None)
 

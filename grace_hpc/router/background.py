@@ -9,8 +9,6 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-import aiohttp
-
 from grace_hpc.errors import GraceError
 from grace_hpc.registry.records import EndpointRecord
 from grace_hpc.router import coldstart
@@ -87,16 +85,16 @@ async def probe_ejected(state: RouterState) -> None:
 async def probe(state: RouterState, record: EndpointRecord) -> None:
     """GET /v1/models with the endpoint's key: cheap on vLLM and llama.cpp, and proves the HTTP server answers
     and accepts the key (a 401 keeps an endpoint ejected for its key, as a request would)."""
-    assert state.session is not None  # set by the lifespan before any task runs
+    assert state.wire is not None  # set by the lifespan before any task runs
     try:
         key = await state.upstream_keys.get(record.api_key_file)
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        async with state.session.get(f"{record.base_url}/models", headers=headers,
-                                     timeout=state.short_timeout) as resp:
-            ok = resp.status == 200
-            error = f"probe: HTTP {resp.status}"
-    except (TimeoutError, aiohttp.ClientError, OSError, GraceError) as exc:
-        ok, error = False, f"probe: {type(exc).__name__}: {exc}"[:300]
+        status, _ = await state.wire.fetch("GET", f"{record.base_url}/models", None, headers, state.short_timeouts)
+        ok, error = status == 200, f"probe: HTTP {status}"
+    except TimeoutError:
+        ok, error = False, "probe: no answer within twice connect_timeout_s"
+    except GraceError as exc:  # wire.py's errors, or the endpoint's key file
+        ok, error = False, f"probe: {exc}"[:300]
     if ok:
         state.health.restored(record.id)
         log.info("endpoint %s restored: a probe succeeded", record.id)

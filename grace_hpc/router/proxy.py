@@ -150,7 +150,7 @@ async def _serve(request: web.Request, state: RouterState, exchange: Exchange) -
             state.health.started(endpoint_id)
         exchange.served_by = target.served_by
         try:
-            relayed = await relay(request, state.session, target, payload, stream, state.timeout, deadline, headers,
+            relayed = await relay(request, state.wire, target, payload, stream, state.timeouts, deadline, headers,
                                   exchange.progress)
         except UpstreamFailure as exc:
             state.users.release(tab)
@@ -198,7 +198,7 @@ async def _cold_start(state: RouterState, route: policy.Route, attempts: list[po
 async def _count_undecided(state: RouterState, pending: list[EndpointRecord], body: dict) -> dict[str, int]:
     """Exact counts for the endpoints whose fit the byte bounds cannot decide (`policy.undecided`): one /tokenize
     per model (endpoints of one model share its tokenizer), cached per endpoint."""
-    assert state.session is not None  # set by the lifespan before the server accepts requests
+    assert state.wire is not None  # set by the lifespan before the server accepts requests
     text = policy.prompt_text(body)
     by_model: dict[str, int | None] = {}
     counted: dict[str, int] = {}
@@ -208,7 +208,7 @@ async def _count_undecided(state: RouterState, pending: list[EndpointRecord], bo
                 key = await state.upstream_keys.get(record.api_key_file)
             except GraceError:
                 continue  # the attempt itself will report the key file
-            by_model[record.model] = await state.tokens.count(state.session, record, key, text, state.short_timeout)
+            by_model[record.model] = await state.tokens.count(state.wire, record, key, text, state.short_timeouts)
         if (n := by_model.get(record.model)) is not None:
             counted[record.id] = n
     return counted

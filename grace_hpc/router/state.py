@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-import aiohttp
 from aiohttp import web
 
 from grace_hpc.config.routing import Routing
@@ -29,6 +28,7 @@ from grace_hpc.router.samples import LoadSamples
 from grace_hpc.router.source import RegistrySource, Snapshot
 from grace_hpc.router.tokens import TokenCounter
 from grace_hpc.router.users import Users
+from grace_hpc.router.wire import Timeouts, Wire
 
 REQUEST_ID = "X-Request-Id"
 REQUEST_ID_KEY = web.RequestKey("grace_request_id", str)  # where the middleware leaves each request's id
@@ -62,7 +62,7 @@ class RouterState:
     version: object = None
     registry_error: str | None = None
     rotation: int = 0
-    session: aiohttp.ClientSession | None = None
+    wire: Wire | None = None  # the upstream connections, opened by the app's lifespan (app.py)
     access: AccessLog | None = None
     # request ids made up for clients that send none: unique per router (random prefix) without a syscall each
     id_prefix: str = field(default_factory=lambda: secrets.token_hex(6))
@@ -103,16 +103,14 @@ class RouterState:
                 if self.environ.get(p.api_key_env) and not self.cloud_health.cooling(p.name)]
 
     @cached_property
-    def timeout(self) -> aiohttp.ClientTimeout:
-        # sock_read bounds the silence between bytes, not the whole generation, so long streams are fine
-        return aiohttp.ClientTimeout(
-            total=None, connect=self.routing.connect_timeout_s, sock_read=self.routing.read_timeout_s
-        )
+    def timeouts(self) -> Timeouts:
+        # the read timeout bounds the silence between bytes, not the whole generation, so long streams are fine
+        return Timeouts(self.routing.connect_timeout_s, self.routing.read_timeout_s)
 
     @cached_property
-    def short_timeout(self) -> aiohttp.ClientTimeout:
-        """For the router's own small calls (probes, /tokenize)."""
-        return aiohttp.ClientTimeout(total=self.routing.connect_timeout_s * 2, connect=self.routing.connect_timeout_s)
+    def short_timeouts(self) -> Timeouts:
+        """For the router's own small calls (probes, /tokenize): twice the connect timeout in all."""
+        return Timeouts(self.routing.connect_timeout_s, self.routing.connect_timeout_s)
 
 
 STATE = web.AppKey("grace_router_state", RouterState)

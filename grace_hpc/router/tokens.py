@@ -9,12 +9,12 @@ remembered, so a long prompt costs one extra call per endpoint at most once.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-import aiohttp
-
 from grace_hpc.registry.records import EndpointRecord
+from grace_hpc.router.wire import Timeouts, Wire, WireError
 
 CACHE_PER_ENDPOINT = 256
 
@@ -24,8 +24,8 @@ class TokenCounter:
     cache: dict[str, OrderedDict[bytes, int]] = field(default_factory=dict)
     unsupported: set[str] = field(default_factory=set)  # endpoint ids whose engine has no usable /tokenize
 
-    async def count(self, session: aiohttp.ClientSession, record: EndpointRecord, api_key: str | None, text: str,
-                    timeout: aiohttp.ClientTimeout) -> int | None:
+    async def count(self, wire: Wire, record: EndpointRecord, api_key: str | None, text: str,
+                    timeouts: Timeouts) -> int | None:
         """The endpoint's token count for `text` (its chat template's few tokens aside); None when it cannot say."""
         if record.id in self.unsupported:
             return None
@@ -35,16 +35,18 @@ class TokenCounter:
             known.move_to_end(digest)
             return known[digest]
         body = ({"model": record.served_model_name, "prompt": text} if record.engine == "vllm" else {"content": text})
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        headers = {"Content-Type": "application/json"}
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
         url = record.base_url.rstrip("/").removesuffix("/v1") + "/tokenize"
         try:
-            async with session.post(url, json=body, headers=headers, timeout=timeout) as resp:
-                if resp.status != 200:  # 404/405: no such route; anything else may pass (the engine judges)
-                    if resp.status in (404, 405):
-                        self.unsupported.add(record.id)
-                    return None
-                answer = await resp.json(content_type=None)
-        except (TimeoutError, aiohttp.ClientError, OSError, ValueError):
+            status, raw = await wire.fetch("POST", url, json.dumps(body).encode(), headers, timeouts)
+            if status != 200:  # 404/405: no such route; anything else may pass (the engine judges)
+                if status in (404, 405):
+                    self.unsupported.add(record.id)
+                return None
+            answer = json.loads(raw)
+        except (TimeoutError, WireError, ValueError):
             return None  # a transient failure: the engine will judge the prompt itself
         tokens = answer.get("tokens") if isinstance(answer, dict) else None
         if not isinstance(tokens, list):

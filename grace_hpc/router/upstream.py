@@ -2,11 +2,11 @@
 
 Two sides, never confused: reading the *upstream* can fail (`UpstreamFailure`, raised only before a byte reached
 the client, so the caller may try elsewhere; or `Relayed.broke_mid_stream` after), and writing to the *client* can
-fail because the client hung up (`Relayed.client_gone`: nobody's fault, nothing is retried). aiohttp's
-`ClientConnectionResetError` ("Cannot write to closing transport") is both a `ClientError` and a
-`ConnectionResetError`, so the side is told by *which call* raised, not by the exception's type. When the server
-runs with handler cancellation (serve.py) a hang-up usually arrives as `CancelledError` instead; either way the
-upstream response is closed at once, which makes vLLM and llama.cpp abort the generation.
+fail because the client hung up (`Relayed.client_gone`: nobody's fault, nothing is retried). The upstream side
+raises only wire.py's `WireError` (and the request's own deadline), the client side only `ConnectionError`, so the
+side is told by the exception. When the server runs with handler cancellation (serve.py) a hang-up usually arrives
+as `CancelledError` instead; either way the upstream connection is closed at once, which makes vLLM and llama.cpp
+abort the generation.
 
 A stream that breaks after its first byte ends with an SSE error event (LiteLLM #40404: no fallback once
 streaming started; production-stack #749: hanging on a dead backend).
@@ -14,16 +14,15 @@ streaming started; production-stack #749: hanging on a dead backend).
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 
-import aiohttp
 from aiohttp import web
 
 from grace_hpc.router.failures import FailureKind, UpstreamFailure, classify_status
 from grace_hpc.router.stream_usage import UsageTap
+from grace_hpc.router.wire import Answer, ConnectFailed, DeadlinePassed, ReadTimeout, Timeouts, Wire, WireError
 
 # Only Content-Type (and our X-Grace-* provenance headers) reach the client: hop-by-hop and length headers are the
 # server's business (RFC 9110 section 7.6.1), and an upstream's server banner or cookies are nobody's.
@@ -73,88 +72,67 @@ def sse_error(message: str) -> bytes:
     return b"data: " + json.dumps(body).encode() + b"\n\ndata: [DONE]\n\n"
 
 
-def _describe(exc: BaseException) -> str:
-    # aiohttp messages name host:port and the OS error, never request headers, so no key can leak through them
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return "connect timed out (connect_timeout_s)"
-    if isinstance(exc, asyncio.TimeoutError):
-        return "timed out: no byte within read_timeout_s"
-    return f"{type(exc).__name__}: {exc}"[:300]
+def _describe(exc: WireError) -> str:
+    # wire.py's messages name host:port and the OS error, never request headers, so no key can leak through them
+    return str(exc)[:300] or type(exc).__name__
 
 
 async def relay(
     request: web.Request,
-    session: aiohttp.ClientSession,
+    wire: Wire,
     target: Target,
     payload: bytes,
     stream: bool,
-    timeout: aiohttp.ClientTimeout,
+    timeouts: Timeouts,
     deadline: float,
     headers: Mapping[str, str],
     progress: StreamProgress,
 ) -> Relayed:
-    """Send `payload`; return the client's response (already written when streamed), or raise UpstreamFailure
-    with nothing written. `deadline` (event-loop time) bounds everything up to the first byte for the client."""
-    guard = asyncio.timeout_at(deadline)
+    """Send `payload`; return the client's response, already written, or raise UpstreamFailure with nothing
+    written. `deadline` (event-loop time) bounds everything up to the first byte for the client."""
     try:
-        async with guard:
-            resp = await _post(session, target, payload, _headers(target, headers), timeout)
-            try:
-                kind = classify_status(resp.status)
-                if kind is not None:  # the upstream's text stays here: it may quote a key or a traceback
-                    raise UpstreamFailure(f"{target.served_by}: HTTP {resp.status}", kind, resp.status)
-                content_type = resp.headers.get("Content-Type", "")
-                if stream and resp.status == 200 and content_type.startswith("text/event-stream"):
-                    first = await resp.content.readany()
-                    if not first:
-                        raise UpstreamFailure(f"{target.served_by}: stream closed before its first byte",
-                                              FailureKind.UNREACHABLE)
-                else:
-                    body = await resp.read()
-            except BaseException:
-                resp.close()
-                raise
-    except UpstreamFailure:
-        raise
-    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-        if guard.expired():
-            raise UpstreamFailure(f"{target.served_by}: the request's deadline passed", FailureKind.DEADLINE) from exc
-        kind = FailureKind.TIMEOUT if isinstance(exc, asyncio.TimeoutError) else FailureKind.UNREACHABLE
+        resp = await wire.request("POST", target.url, payload, _headers(target, headers), timeouts, deadline)
+        try:
+            kind = classify_status(resp.status)
+            if kind is not None:  # the upstream's text stays here: it may quote a key or a traceback
+                raise UpstreamFailure(f"{target.served_by}: HTTP {resp.status}", kind, resp.status)
+            content_type = resp.headers.get("content-type", "")
+            if stream and resp.status == 200 and content_type.startswith("text/event-stream"):
+                first = await resp.readany()
+                if not first:
+                    raise UpstreamFailure(f"{target.served_by}: stream closed before its first byte",
+                                          FailureKind.UNREACHABLE)
+                resp.drop_deadline()
+            else:
+                body = await resp.read()
+        except BaseException:
+            resp.close()
+            raise
+    except DeadlinePassed as exc:
+        raise UpstreamFailure(f"{target.served_by}: the request's deadline passed", FailureKind.DEADLINE) from exc
+    except WireError as exc:
+        timed_out = isinstance(exc, ReadTimeout) or (isinstance(exc, ConnectFailed) and exc.timed_out)
+        kind = FailureKind.TIMEOUT if timed_out else FailureKind.UNREACHABLE
         raise UpstreamFailure(f"{target.served_by}: {_describe(exc)}", kind) from exc
     if stream and resp.status == 200 and content_type.startswith("text/event-stream"):
         return await _relay_stream(request, resp, first, target, headers, progress)
-    resp.release()
     if progress.begun is not None:  # the client's stream has started: the answer (an error) becomes its last event
         relayed = Relayed(progress.begun, resp.status)
         relayed.client_gone = not await end_stream(progress.begun, body)
         return relayed
     out = web.Response(body=body, status=resp.status,
                        headers={**headers, "Content-Type": content_type or "application/json", **target.provenance()})
-    usage = _usage(body) if resp.status == 200 and content_type.startswith("application/json") else None
-    return Relayed(out, resp.status, usage)
+    relayed = Relayed(out, resp.status)
+    # written now, like a stream: the router's own accounting (proxy.py) comes after, and no client waits for it
+    relayed.client_gone = not await _to_client(_send(request, out))
+    if resp.status == 200 and content_type.startswith("application/json"):
+        relayed.usage = _usage(body)
+    return relayed
 
 
-#: pooled connections the engine closed that one request may meet (several go idle together under bursty load)
-STALE_RETRIES = 3
-
-
-async def _post(session: aiohttp.ClientSession, target: Target, payload: bytes, headers: dict[str, str],
-                timeout: aiohttp.ClientTimeout) -> aiohttp.ClientResponse:
-    """POST, again (up to STALE_RETRIES more times) when the server closed the connection before any answer: a
-    pooled keep-alive connection the engine closed as it was reused never delivered the request (RFC 9112 section
-    9.3.1). aiohttp retries that only for idempotent methods; generation has no side effects, so a POST may be sent
-    again. The same race shows as "Can not write request body" (a ClientOSError) when the close lands while the
-    request is written; under bursty load several pooled connections go stale together, so one retry is not
-    enough. A server that really went away refuses the new connection (ClientConnectorError, not retried here),
-    which counts against it as usual."""
-    for _ in range(STALE_RETRIES):
-        try:
-            return await session.post(target.url, data=payload, headers=headers, timeout=timeout)
-        except aiohttp.ClientConnectorError:
-            raise  # no connection was made: nothing stale to replace
-        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
-            continue  # that pooled connection is discarded; the next try takes another, or a new one
-    return await session.post(target.url, data=payload, headers=headers, timeout=timeout)
+async def _send(request: web.Request, out: web.Response) -> None:
+    await out.prepare(request)
+    await out.write_eof()
 
 
 def _headers(target: Target, extra: Mapping[str, str]) -> dict[str, str]:
@@ -178,13 +156,13 @@ def _usage(body: bytes) -> object:
 
 
 async def _relay_stream(
-    request: web.Request, resp: aiohttp.ClientResponse, first: bytes, target: Target, headers: Mapping[str, str],
+    request: web.Request, resp: Answer, first: bytes, target: Target, headers: Mapping[str, str],
     progress: StreamProgress,
 ) -> Relayed:
     out = progress.begun
     if out is None:
         out = web.StreamResponse(status=200, headers=headers)
-        out.headers["Content-Type"] = resp.headers.get("Content-Type", "text/event-stream")
+        out.headers["Content-Type"] = resp.headers.get("content-type", "text/event-stream")
         out.headers["Cache-Control"] = "no-cache"
         out.headers.update(target.provenance())
     relayed = Relayed(out, 200)
@@ -201,8 +179,8 @@ async def _relay_stream(
                 return relayed
             progress.answered = data.rstrip().endswith(b"data: [DONE]")
             try:
-                chunk = await resp.content.readany()
-            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                chunk = await resp.readany()
+            except WireError as exc:
                 relayed.broke_mid_stream = _describe(exc)
                 message = f"upstream {target.served_by} failed mid-stream ({relayed.broke_mid_stream})"
                 ended = await _to_client(out.write(sse_error(message))) and await _to_client(out.write_eof())
