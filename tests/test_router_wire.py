@@ -121,7 +121,8 @@ def test_requests_in_turn_share_one_keep_alive_connection_and_are_sent_as_writte
         assert server.connections == 1
         port = server.url.split(":")[2].split("/")[0]
         assert server.requests[0] == (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-                                      "Content-Type: application/json\r\nContent-Length: 7\r\n\r\n{\"q\":1}").encode()
+                                      f"User-Agent: {wire.USER_AGENT}\r\nContent-Type: application/json\r\n"
+                                      "Content-Length: 7\r\n\r\n{\"q\":1}").encode()
 
 
 def test_an_answer_that_says_connection_close_or_ends_at_close_is_never_reused():

@@ -36,6 +36,7 @@ from functools import lru_cache
 from typing import cast
 from urllib.parse import urlsplit
 
+from grace_hpc import __version__
 from grace_hpc.errors import GraceError
 
 #: pooled connections the server closed that one request may meet (several go idle together under bursty load)
@@ -44,6 +45,9 @@ STALE_RETRIES = 3
 MAX_HEAD_BYTES = 64 * 1024
 #: a streamed answer's unread bytes above this pause reading from the upstream until the client catches up
 PAUSE_AT_BYTES = 1 << 20
+
+#: sent with every call: some cloud front ends refuse requests that name no client
+USER_AGENT = f"grace-hpc/{__version__}"
 
 Origin = tuple[str, int, bool]  # host, port, TLS
 
@@ -378,7 +382,7 @@ class Wire:
         """Send one request; return once the answer's status and headers are in. Raises WireError. `deadline`
         (event-loop time) bounds the call until `Answer.drop_deadline` (DeadlinePassed)."""
         origin, target, host = _split(url)
-        lines = [f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n"]
+        lines = [f"{method} {target} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {USER_AGENT}\r\n"]
         for name, value in headers.items():
             if "\r" in value or "\n" in value:
                 raise WireError(f"header {name} holds a line break; not sent")
