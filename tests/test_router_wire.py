@@ -285,6 +285,39 @@ def test_a_cancelled_call_closes_its_connection_so_the_engine_stops_generating()
         assert server.closed_by_client.wait(5)
 
 
+def test_a_host_name_is_looked_up_once_for_many_connections_and_again_after_a_failed_connect(monkeypatch):
+    lookups = []
+    real = socket.getaddrinfo
+
+    def counting(host, *args, **kwargs):
+        lookups.append(host)
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", counting)  # the standard event loop looks names up through it
+    closing = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nhi"
+
+    def script(srv, i, sock):
+        read_request(sock)
+        sock.sendall(closing)
+
+    with scripted(script) as server:
+        url = server.url.replace("127.0.0.1", "localhost")
+
+        async def three_connections():
+            pool = Wire(keepalive_s=4.0)
+            answers = [await post(pool, url) for _ in range(3)]
+            server.listener.shutdown(socket.SHUT_RDWR)  # now refused: the failed connect forgets the addresses
+            with pytest.raises(ConnectFailed):
+                await post(pool, url)
+            with pytest.raises(ConnectFailed):
+                await post(pool, url)
+            await pool.close()
+            return answers
+
+        assert asyncio.run(three_connections()) == [(200, b"hi")] * 3
+    assert server.connections == 3 and lookups == ["localhost"] * 2  # the first connection, and the last
+
+
 def test_a_connection_idle_past_the_keepalive_is_closed_not_reused():
     with scripted(lambda srv, i, sock: srv.answer_each(sock, OK)) as server:
         async def with_a_pause(pool):

@@ -7,9 +7,9 @@ a time per connection, bodies framed by Content-Length, chunked transfer coding 
 environment: none of them belongs between a router and its upstreams.
 
 Why not aiohttp's client, which the router used before: it was the largest cost per request. Measured on the same
-2-core VM against the nginx upstream of bench/router.py, 3,000 sequential requests each: aiohttp's
-`ClientSession.post` plus `read` took 176-186 us of CPU per request, a bare protocol client 53-61 us
-(/tmp-style micro benchmark, 2026-12-02). The router's server side stays aiohttp's.
+2-core VM against the nginx upstream of bench/router.py (`python bench/upstream_client.py`: both clients in one
+process, interleaved rounds), aiohttp's `ClientSession.post` plus `read` takes 3-5x the CPU of this client per
+call. The router's server side stays aiohttp's.
 
 Connections: idle ones are kept per origin and reused most-recent first; one idle longer than `keepalive_s` is
 closed instead (engines close theirs after 5 s, see app.py). A connection the server closed before a byte of its
@@ -18,6 +18,7 @@ a fresh one it closed at once), so the request is sent again on another, up to `
 has no side effects, so a POST may be. After that, or once the answer has begun, a close is the server's failure
 (`Disconnected`). A server that went away refuses the new connection (`ConnectFailed`), which is never retried.
 A call cancelled or abandoned mid-answer closes its connection, which makes vLLM and llama.cpp stop generating.
+A host name's addresses are kept for DNS_TTL_S, and forgotten when none of them accepts a connection.
 
 Timeouts: connecting is bounded by `Timeouts.connect_s`; after the request is sent, `Timeouts.read_s` bounds the
 silence between bytes (not the whole answer, so long streams are fine). A call may also carry a deadline (the
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import socket
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -45,6 +47,9 @@ STALE_RETRIES = 3
 MAX_HEAD_BYTES = 64 * 1024
 #: a streamed answer's unread bytes above this pause reading from the upstream until the client catches up
 PAUSE_AT_BYTES = 1 << 20
+#: how long a host name's addresses are reused (aiohttp's default too): every stream opens a connection, and a
+#: lookup each would put one DNS query per stream on the site's resolver and eject an engine on a resolver hiccup
+DNS_TTL_S = 10.0
 
 #: sent with every call: some cloud front ends refuse requests that name no client
 USER_AGENT = f"grace-hpc/{__version__}"
@@ -376,6 +381,7 @@ class Wire:
         self.keepalive_s = keepalive_s
         self._idle: dict[Origin, list[_Connection]] = {}
         self._tls: ssl.SSLContext | None = None
+        self._dns: dict[tuple[str, int], tuple[float, list[tuple[int, str]]]] = {}  # -> (expiry, (family, ip))
 
     async def request(self, method: str, url: str, body: bytes | None, headers: Mapping[str, str],
                       timeouts: Timeouts, deadline: float = math.inf) -> Answer:
@@ -459,8 +465,17 @@ class Wire:
             context = self._tls
         try:
             async with asyncio.timeout_at(min(loop.time() + timeout_s, deadline)):
-                _, conn = await loop.create_connection(lambda: _Connection(loop, origin), host, port, ssl=context,
-                                                       server_hostname=host if tls else None)
+                addresses = await self._addresses(loop, host, port)
+                for n, (family, address) in enumerate(addresses, 1):  # in order, as create_connection would
+                    try:
+                        _, conn = await loop.create_connection(
+                            lambda: _Connection(loop, origin), address, port, family=family, ssl=context,
+                            server_hostname=host if tls else None)
+                        return conn
+                    except OSError:
+                        if n == len(addresses):
+                            self._dns.pop((host, port), None)  # the next connection looks the name up again
+                            raise
         except TimeoutError as exc:
             if loop.time() >= deadline:
                 raise DeadlinePassed(f"{host}:{port}: the call's deadline passed while connecting") from exc
@@ -468,4 +483,15 @@ class Wire:
                                 timed_out=True) from exc
         except OSError as exc:  # refused, unreachable, no such host, TLS (ssl.SSLError is an OSError)
             raise ConnectFailed(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from exc
-        return conn
+        raise ConnectFailed(f"cannot connect to {host}:{port}: the name has no address")
+
+    async def _addresses(self, loop: asyncio.AbstractEventLoop, host: str, port: int) -> list[tuple[int, str]]:
+        """(family, IP) for `host`, looked up at most once per DNS_TTL_S."""
+        now = loop.time()
+        cached = self._dns.get((host, port))
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        addresses = [(family, str(sockaddr[0])) for family, _, _, _, sockaddr in infos]
+        self._dns[(host, port)] = (now + DNS_TTL_S, addresses)
+        return addresses
