@@ -53,6 +53,7 @@ class Scripted:
         self.connections = 0
         self.requests: list[bytes] = []
         self.closed_by_client = threading.Event()  # a connection read EOF: the client closed it
+        self.closes = 0  # connections the client closed
 
     def serve(self) -> None:
         while True:
@@ -72,6 +73,7 @@ class Scripted:
         while request := read_request(sock):
             self.requests.append(request)
             sock.sendall(answer)
+        self.closes += 1
         self.closed_by_client.set()
 
     def wait_for_close(self, sock: socket.socket) -> None:
@@ -283,6 +285,21 @@ def test_a_cancelled_call_closes_its_connection_so_the_engine_stops_generating()
 
         run(cancel_midway)
         assert server.closed_by_client.wait(5)
+
+
+def test_after_a_burst_the_connections_left_idle_are_closed_once_expired_while_one_stays_in_use():
+    with scripted(lambda srv, i, sock: srv.answer_each(sock, OK)) as server:
+        async def burst_then_steady(pool):
+            await asyncio.gather(*(post(pool, server.url) for _ in range(5)))  # five connections
+            steady_until = asyncio.get_running_loop().time() + 0.6
+            while asyncio.get_running_loop().time() < steady_until:  # one at a time: the newest is reused
+                await post(pool, server.url)
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.1)
+            return server.closes
+
+        assert run(burst_then_steady, keepalive_s=0.3) == 4
+        assert server.connections == 5
 
 
 def test_a_host_name_is_looked_up_once_for_many_connections_and_again_after_a_failed_connect(monkeypatch):

@@ -32,6 +32,7 @@ import asyncio
 import math
 import socket
 import ssl
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -379,7 +380,7 @@ class Wire:
 
     def __init__(self, keepalive_s: float) -> None:
         self.keepalive_s = keepalive_s
-        self._idle: dict[Origin, list[_Connection]] = {}
+        self._idle: dict[Origin, deque[_Connection]] = {}  # oldest idle first
         self._tls: ssl.SSLContext | None = None
         self._dns: dict[tuple[str, int], tuple[float, list[tuple[int, str]]]] = {}  # -> (expiry, (family, ip))
 
@@ -452,8 +453,13 @@ class Wire:
             conn.close()
             return
         conn._cancel_timer()
-        conn.idle_since = conn.loop.time()
-        self._idle.setdefault(conn.origin, []).append(conn)
+        conn.idle_since = now = conn.loop.time()
+        conns = self._idle.setdefault(conn.origin, deque())
+        conns.append(conn)
+        # the oldest go once expired, though the newest keep being reused (after a burst, say): an upstream that
+        # keeps idle connections open for minutes (nginx, cloud front ends) must not be left holding them
+        while conns and (conns[0].closed or now - conns[0].idle_since >= self.keepalive_s):
+            conns.popleft().close()
 
     async def _connect(self, loop: asyncio.AbstractEventLoop, origin: Origin, timeout_s: float,
                        deadline: float) -> _Connection:
