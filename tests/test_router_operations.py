@@ -163,6 +163,25 @@ def test_a_cookie_an_upstream_sets_never_rides_along_with_later_requests(tmp_pat
     assert seen == [None, None, None]  # one client's upstream cookie is never sent on another client's behalf
 
 
+def test_an_answer_reaches_its_client_before_the_routers_own_accounting(tmp_path, monkeypatch):
+    from grace_hpc.router.samples import LoadSamples
+
+    served = LoadSamples.served
+
+    def slow_bookkeeping(self, *args):  # the dashboard's samples, taken after the answer is written
+        time.sleep(2.0)
+        served(self, *args)
+
+    monkeypatch.setattr(LoadSamples, "served", slow_bookkeeping)
+    with standin_upstream(canned_answer) as upstream:
+        with router(table(), tmp_path / "registry.json", [record("e", upstream.url, "chat")]) as url:
+            started = time.monotonic()
+            r = requests.post(f"{url}/chat/completions", json={"model": "chat", **QUESTION}, timeout=10)
+            assert r.ok and time.monotonic() - started < 1.5  # the client did not wait for the bookkeeping
+            time.sleep(2.5)
+            assert requests.get(f"{base(url)}/status", timeout=10).ok  # and the router went on afterwards
+
+
 def test_the_event_loop_never_waits_on_the_file_system(tmp_path):
     """Registry polls run in worker threads: were the 0.1 s check on the event loop, polled every 0.01 s, the loop
     would be blocked 90 % of the time and many answers would wait for a whole check."""
