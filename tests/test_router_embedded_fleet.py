@@ -2,12 +2,14 @@
 SmolLM2-135M on llama.cpp, through submitit's local executor) behind the router with routing/local.yaml:
 
 100 streamed chat completions with the official `openai` client (back to back, then 16 at a time), interleaved
-with 20 raw HTTP clients that hang up at random points, give zero client-visible errors and zero ejections, and
-/metrics counts exactly the 20 hang-ups as client disconnects.
+with 20 raw HTTP clients that hang up at random points, then 16 streams from its async client at once, 4 of them
+closed by the client after their first chunk, give zero client-visible errors and zero ejections, and /metrics
+counts exactly the 24 hang-ups as client disconnects.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -69,8 +71,10 @@ def test_100_official_client_streams_with_20_hang_ups_between_them_lose_nothing_
             back_to_back = [task(i) for i in range(60)]
             with ThreadPoolExecutor(16) as pool:
                 concurrent = list(pool.map(task, range(60, 120)))  # 16 at a time
+            async_answers = asyncio.run(async_streams(url))
         answers = [t for t in back_to_back + concurrent if t != "hung up"]
         assert len(answers) == 100 and all(answers)  # any client-visible error would have raised above
+        assert len(async_answers) == 16 and all(async_answers)
         assert metric(url, "grace_router_ejections_total") == 0
         assert metric(url, "grace_router_errors_total") == 0
         endpoints = requests.get(f"{base}/status", timeout=10).json()["endpoints"]
@@ -78,6 +82,26 @@ def test_100_official_client_streams_with_20_hang_ups_between_them_lose_nothing_
         assert sorted((e["model"], e["healthy"], e["ejections"]) for e in endpoints) == [
             ("smollm2-135m-embed", True, 0), ("smollm2-135m-instruct", True, 0)]
         deadline = time.monotonic() + 10  # a hang-up is counted when its handler notices, a moment later
-        while metric(url, "grace_router_client_disconnects_total") < 20 and time.monotonic() < deadline:
+        while metric(url, "grace_router_client_disconnects_total") < 24 and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert metric(url, "grace_router_client_disconnects_total") == 20
+        assert metric(url, "grace_router_client_disconnects_total") == 24  # 20 raw, 4 async
+
+
+async def async_streams(url: str) -> list[str]:
+    """16 streams from the async client at once; every fourth closes its stream after the first chunk."""
+    async with openai.AsyncOpenAI(base_url=url, api_key="unused", max_retries=0, timeout=TIMEOUT_S) as client:
+
+        async def one(i: int) -> str:
+            hangs_up = i % 4 == 3
+            stream = await client.chat.completions.create(
+                model="default", messages=QUESTION, stream=True,
+                **({"max_tokens": 512, "extra_body": {"ignore_eos": True}} if hangs_up else {"max_tokens": 8}))
+            text = ""
+            async for chunk in stream:
+                text += "".join(c.delta.content or "" for c in chunk.choices)
+                if hangs_up and text:
+                    await stream.close()
+                    return "closed: " + text
+            return text
+
+        return list(await asyncio.gather(*(one(i) for i in range(16))))

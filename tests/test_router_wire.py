@@ -188,7 +188,7 @@ def test_a_refused_connection_fails_at_once_and_is_not_retried():
         port = probe.getsockname()[1]  # bound, not listening: connections are refused
         with pytest.raises(ConnectFailed, match=rf"cannot connect to 127\.0\.0\.1:{port}: ") as info:
             run(lambda pool: post(pool, f"http://127.0.0.1:{port}/v1/chat/completions"))
-    assert info.value.timed_out is False
+    assert not isinstance(info.value, TimeoutError)
 
 
 def test_silence_longer_than_the_read_timeout_fails_the_call_and_closes_the_connection():

@@ -22,7 +22,7 @@ from aiohttp import web
 
 from grace_hpc.router.failures import FailureKind, UpstreamFailure, classify_status
 from grace_hpc.router.stream_usage import UsageTap
-from grace_hpc.router.wire import Answer, ConnectFailed, DeadlinePassed, ReadTimeout, Timeouts, Wire, WireError
+from grace_hpc.router.wire import Answer, DeadlinePassed, Timeouts, Wire, WireError
 
 # Only Content-Type (and our X-Grace-* provenance headers) reach the client: hop-by-hop and length headers are the
 # server's business (RFC 9110 section 7.6.1), and an upstream's server banner or cookies are nobody's.
@@ -111,8 +111,7 @@ async def relay(
     except DeadlinePassed as exc:
         raise UpstreamFailure(f"{target.served_by}: the request's deadline passed", FailureKind.DEADLINE) from exc
     except WireError as exc:
-        timed_out = isinstance(exc, ReadTimeout) or (isinstance(exc, ConnectFailed) and exc.timed_out)
-        kind = FailureKind.TIMEOUT if timed_out else FailureKind.UNREACHABLE
+        kind = FailureKind.TIMEOUT if isinstance(exc, TimeoutError) else FailureKind.UNREACHABLE
         raise UpstreamFailure(f"{target.served_by}: {_describe(exc)}", kind) from exc
     if stream and resp.status == 200 and content_type.startswith("text/event-stream"):
         return await _relay_stream(request, resp, first, target, headers, progress)

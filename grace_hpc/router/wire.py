@@ -35,6 +35,7 @@ import ssl
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import IntEnum
 from functools import lru_cache
 from typing import cast
 from urllib.parse import urlsplit
@@ -69,13 +70,15 @@ class WireError(GraceError):
 
 
 class ConnectFailed(WireError):
-    def __init__(self, message: str, timed_out: bool = False) -> None:
-        super().__init__(message)
-        self.timed_out = timed_out
+    """No connection: refused, unreachable, no such host, TLS refused."""
+
+
+class ConnectTimeout(ConnectFailed, TimeoutError):
+    """No connection within `Timeouts.connect_s`."""
 
 
 class ReadTimeout(WireError, TimeoutError):
-    pass
+    """No byte within `Timeouts.read_s`."""
 
 
 class DeadlinePassed(WireError, TimeoutError):
@@ -105,8 +108,21 @@ def _split(url: str) -> tuple[Origin, str, str]:
     return (host, port, tls), target, shown if port == default else f"{shown}:{port}"
 
 
-# body framing of the answer being read
-_HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILER, _UNTIL_CLOSE, _DONE = range(8)
+class _Phase(IntEnum):
+    """Where the answer being read is: its head, then its body by its framing, then done (also: idle)."""
+
+    HEAD = 0
+    LENGTH = 1  # Content-Length bytes
+    CHUNK_SIZE = 2  # chunked coding: a size line, its data, its CRLF, ..., a zero size, trailers
+    CHUNK_DATA = 3
+    CHUNK_END = 4
+    TRAILER = 5
+    UNTIL_CLOSE = 6  # no length: the body ends with the connection
+    DONE = 7
+
+
+# module names for the members: the parser compares them per received packet, a global lookup each
+_HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILER, _UNTIL_CLOSE, _DONE = _Phase
 
 
 class _Connection(asyncio.Protocol):
@@ -121,7 +137,7 @@ class _Connection(asyncio.Protocol):
         self.error: WireError | None = None
         self.buf = bytearray()  # received, not yet parsed
         self.body = bytearray()  # parsed body bytes, not yet taken by the reader
-        self.phase = _DONE
+        self.phase: _Phase = _DONE
         self.remaining = 0
         self.status = 0
         self.headers: dict[str, str] = {}
@@ -485,8 +501,7 @@ class Wire:
         except TimeoutError as exc:
             if loop.time() >= deadline:
                 raise DeadlinePassed(f"{host}:{port}: the call's deadline passed while connecting") from exc
-            raise ConnectFailed(f"cannot connect to {host}:{port}: connect timed out (connect_timeout_s)",
-                                timed_out=True) from exc
+            raise ConnectTimeout(f"cannot connect to {host}:{port}: connect timed out (connect_timeout_s)") from exc
         except OSError as exc:  # refused, unreachable, no such host, TLS (ssl.SSLError is an OSError)
             raise ConnectFailed(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from exc
         raise ConnectFailed(f"cannot connect to {host}:{port}: the name has no address")
